@@ -1,0 +1,321 @@
+"""The ModelEndpoint API: pydantic models for spec and status.
+
+These models are the one source of truth for the CRD (``slotkeeper crd`` renders
+``crds/modelendpoints.slotkeeper.io.yaml`` from them). Field names are camelCase on the wire,
+snake_case in Python. Rules JSON schema cannot express are CEL rules (``x-kubernetes-validations``),
+attached with :func:`cel`, and mirrored by pydantic validators so the operator rejects the same
+input when it runs against an apiserver that skipped them (e.g. an old CRD).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "slotkeeper.io"
+VERSION = "v1alpha1"
+KIND = "ModelEndpoint"
+PLURAL = "modelendpoints"
+SINGULAR = "modelendpoint"
+SHORT_NAMES = ["mep"]
+CATEGORIES = ["slotkeeper"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DEFAULT_SERVING_IMAGE = "ghcr.io/slotkeeper/serving:0.1.0"
+SLOTS = ("blue", "green")
+# The longest endpoint name whose slot objects ("<name>-green") still fit a 63-character DNS label.
+MAX_ENDPOINT_NAME_LENGTH = 63 - len("-green")
+
+Phase = Literal["Pending", "Progressing", "Healthy", "Degraded", "RolledBack", "Paused"]
+Slot = Literal["blue", "green"]
+
+
+def cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """JSON-schema extra carrying CEL rules as (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in rules]}
+
+
+FREE_FORM = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    def to_api(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# ---------------------------------------------------------------------------------------------- spec
+
+
+class ModelSource(ApiModel):
+    """What is served. Together with ``serving`` it defines the revision."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$",
+        description="The model's name in the inference protocol: /v2/models/{name}/infer.",
+    )
+    uri: str = Field(
+        min_length=1, max_length=2048, pattern=r"^(file|https?|pvc)://\S+$",
+        description="Where the model is: file:///path (in the image or a mounted volume), http(s)://..., "
+                    "or pvc://<claim>/<path> (the claim is mounted read-only into the slot's pods).",
+    )
+    format: Literal["sklearn", "score-py"] = Field(
+        "sklearn", description="sklearn: a joblib/pickle file. score-py: an Azure ML style score.py with init()/run().",
+    )
+
+
+class EnvVar(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("!(has(self.value) && has(self.valueFrom))", "set either value or valueFrom, not both"),
+    ))
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = Field(None, max_length=32768)
+    value_from: dict[str, Any] | None = Field(
+        None, json_schema_extra=FREE_FORM,
+        description="As in a Pod's env[].valueFrom (secretKeyRef, configMapKeyRef, fieldRef, ...).",
+    )
+
+
+class Serving(ApiModel):
+    """The slot's pod template, in the user's words."""
+
+    image: str = Field(DEFAULT_SERVING_IMAGE, min_length=1, max_length=512)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    replicas: int = Field(
+        1, ge=1, le=100,
+        description="Replicas of the active slot. Not part of the revision: a change scales, it does not roll out.",
+    )
+    port: int = Field(8080, ge=1, le=65535, description="The container port the model server listens on.")
+    readiness_path: str = Field("/v2/health/ready", pattern=r"^/\S*$", max_length=256)
+    liveness_path: str = Field("/v2/health/live", pattern=r"^/\S*$", max_length=256)
+    resources: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra=FREE_FORM,
+        description="As in a container's resources (requests, limits).",
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=128)
+    service_account_name: str | None = Field(None, max_length=253)
+
+
+class Pause(ApiModel):
+    seconds: int | None = Field(
+        None, ge=0, le=86400, description="How long to pause; absent: until `promote` (annotation or CLI).",
+    )
+
+
+class CanaryStep(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("has(self.setWeight) != has(self.pause)", "each canary step sets exactly one of setWeight or pause"),
+    ))
+    set_weight: int | None = Field(None, ge=0, le=100, description="Percent of traffic for the candidate.")
+    pause: Pause | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CanaryStep:
+        if (self.set_weight is None) == (self.pause is None):
+            raise ValueError("each canary step sets exactly one of setWeight or pause")
+        return self
+
+
+class BlueGreen(ApiModel):
+    auto_promote: bool = Field(
+        True, description="Switch traffic as soon as the candidate is ready and validated; false: wait for `promote`.",
+    )
+    scale_down_delay_seconds: int = Field(
+        60, ge=0, le=86400, description="How long the old slot keeps its replicas after the candidate is promoted.",
+    )
+
+
+class Canary(ApiModel):
+    steps: list[CanaryStep] = Field(min_length=1, max_length=32)
+    scale_down_delay_seconds: int = Field(60, ge=0, le=86400)
+
+
+class Strategy(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("has(self.blueGreen) != has(self.canary)", "strategy sets exactly one of blueGreen or canary"),
+    ))
+    blue_green: BlueGreen | None = None
+    canary: Canary | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Strategy:
+        if (self.blue_green is None) == (self.canary is None):
+            raise ValueError("strategy sets exactly one of blueGreen or canary")
+        return self
+
+
+class ExpectedOutput(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("has(self.data) || has(self.shape)", "an expected output names data, shape or both"),
+    ))
+    name: str = Field(min_length=1, max_length=253)
+    data: list[float] | None = Field(None, max_length=10000, description="Expected numbers, flattened.")
+    shape: list[int] | None = Field(None, max_length=8)
+    tolerance: float = Field(1e-6, ge=0, description="Absolute tolerance for numeric data.")
+
+
+class Expectation(ApiModel):
+    status: int = Field(200, ge=100, le=599, description="The HTTP status the candidate must answer with.")
+    outputs: list[ExpectedOutput] = Field(default_factory=list, max_length=16)
+
+
+class ValidationRequest(ApiModel):
+    name: str = Field(min_length=1, max_length=63)
+    request: dict[str, Any] = Field(
+        json_schema_extra=FREE_FORM, description="An Open Inference Protocol v2 infer request body.",
+    )
+    expect: Expectation = Field(default_factory=Expectation)
+    timeout_seconds: float = Field(10, gt=0, le=300)
+
+
+class MetricCheck(ApiModel):
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.source != 'pods' || has(self.metric)", "a pods check names its metric"),
+        ("self.source != 'prometheus' || (has(self.address) && has(self.query))",
+         "a prometheus check names its address and query"),
+        ("self.source != 'web' || (has(self.url) && has(self.jsonPath))", "a web check names its url and jsonPath"),
+        ("has(self.min) || has(self.max)", "a metric check sets min, max or both"),
+        ("!has(self.min) || !has(self.max) || self.min <= self.max", "min must not exceed max"),
+    ))
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    source: Literal["pods", "prometheus", "web"]
+    metric: Literal["error_ratio", "latency_p95_seconds", "request_rate"] | None = None
+    address: str | None = Field(None, max_length=2048, pattern=r"^https?://\S+$")
+    query: str | None = Field(None, max_length=4096)
+    url: str | None = Field(None, max_length=2048, pattern=r"^https?://\S+$")
+    json_path: str | None = Field(None, max_length=256, description="Dotted path into the JSON reply, e.g. data.value.")
+    min: float | None = None
+    max: float | None = None
+    interval_seconds: int = Field(10, ge=1, le=3600)
+    failure_limit: int = Field(1, ge=1, le=100, description="Consecutive failing evaluations that fail the rollout.")
+    inconclusive_limit: int = Field(
+        6, ge=1, le=1000, description="Consecutive inconclusive evaluations (no data) that pause the rollout.",
+    )
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> MetricCheck:
+        needs = {"pods": ("metric",), "prometheus": ("address", "query"), "web": ("url", "json_path")}[self.source]
+        missing = [to_camel(field) for field in needs if getattr(self, field) is None]
+        if missing:
+            raise ValueError(f"a {self.source} check needs {', '.join(missing)}")
+        if self.min is None and self.max is None:
+            raise ValueError("a metric check sets min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+class Checks(ApiModel):
+    progress_deadline_seconds: int = Field(
+        300, ge=1, le=86400, description="The candidate must be fully ready within this, or the rollout reverts.",
+    )
+    validation: list[ValidationRequest] = Field(default_factory=list, max_length=32)
+    metrics: list[MetricCheck] = Field(default_factory=list, max_length=32)
+    analysis_seconds: int = Field(
+        120, ge=0, le=86400,
+        description="How long checks keep running after traffic moved before the revision counts as good.",
+    )
+
+
+def _default_strategy() -> Strategy:
+    return Strategy(blue_green=BlueGreen())
+
+
+class ModelEndpointSpec(ApiModel):
+    model: ModelSource
+    serving: Serving = Field(default_factory=Serving)
+    strategy: Strategy = Field(default_factory=_default_strategy)
+    checks: Checks = Field(default_factory=Checks)
+    revision_history_limit: int = Field(10, ge=1, le=100)
+    failed_slot_replicas: int = Field(
+        1, ge=0, le=100, description="Replicas the failed candidate's slot keeps after a revert, for inspection.",
+    )
+    paused: bool = Field(False, description="Hold any rollout where it is; traffic stays as it is.")
+
+
+# -------------------------------------------------------------------------------------------- status
+
+
+class SlotStatus(ApiModel):
+    revision: str | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+
+
+class Condition(ApiModel):
+    """A condition in the shape of metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str
+
+
+class HistoryEntry(ApiModel):
+    revision: str
+    model_uri: str | None = None
+    outcome: Literal["Promoted", "RolledBack", "Superseded"]
+    reason: str
+    message: str = ""
+    time: str
+
+
+class CheckStatus(ApiModel):
+    name: str
+    revision: str
+    verdict: Literal["Pass", "Fail", "Inconclusive"]
+    last_value: float | None = None
+    consecutive_failures: int = 0
+    consecutive_inconclusive: int = 0
+    last_run_time: str
+    message: str = ""
+
+
+class Rollout(ApiModel):
+    """The rollout under way: enough to resume it after a restart."""
+
+    revision: str
+    slot: Slot
+    model_uri: str
+    step: Literal["Deploying", "Validating", "AwaitingPromotion", "Canary", "Analysing"]
+    started_at: str
+    step_started_at: str
+    canary_step: int = 0
+    switched_at: str | None = None
+
+
+class ScaleDown(ApiModel):
+    slot: Slot
+    revision: str | None = None
+    at: str
+
+
+class ModelEndpointStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")  # tolerate kopf's own bookkeeping keys in status
+
+    observed_generation: int | None = None
+    phase: Phase = "Pending"
+    active_slot: Slot | None = None
+    stable_revision: str | None = None
+    stable_model_uri: str | None = None
+    candidate_revision: str | None = None
+    candidate_slot: Slot | None = None
+    rollout: Rollout | None = None
+    failed_revision: str | None = None
+    failed_generation: int | None = None
+    scale_down: ScaleDown | None = None
+    slots: dict[str, SlotStatus] = Field(default_factory=dict)
+    traffic: dict[str, int] = Field(default_factory=dict)
+    traffic_summary: str | None = None
+    checks: list[CheckStatus] = Field(default_factory=list)
+    history: list[HistoryEntry] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    handled_actions: dict[str, str] = Field(
+        default_factory=dict, description="The last token of each manual-action annotation the operator handled.",
+    )
+    url: str | None = None

@@ -1,0 +1,145 @@
+"""The observed world of one endpoint, summarised from raw API objects by pure functions.
+
+The cluster layer keeps small summaries (not whole objects) of the Deployments, Services and Pods
+the operator owns, fed by watches; :func:`observe_endpoint` folds them into what the decision needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .render import LABEL_ENDPOINT, LABEL_REVISION, LABEL_SLOT
+
+# Container states that will not heal by waiting: a rollout fails at once instead of at its deadline.
+FAIL_FAST_REASONS = frozenset({
+    "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+    "InvalidImageName", "CreateContainerError", "RunContainerError",
+})
+
+
+@dataclass(frozen=True)
+class DeploymentSummary:
+    slot: str
+    revision: str | None
+    replicas: int
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    available_replicas: int = 0
+    status_replicas: int = 0
+    # False while the Deployment controller has not yet seen the latest spec.
+    generation_observed: bool = True
+
+
+@dataclass(frozen=True)
+class PodSummary:
+    name: str
+    slot: str
+    revision: str | None
+    ready: bool
+    ip: str | None = None
+    failure: str | None = None  # "<reason>: <message>" of a container stuck in a FAIL_FAST_REASONS state
+
+
+@dataclass(frozen=True)
+class SlotObservation:
+    deployment: DeploymentSummary | None
+    pods: tuple[PodSummary, ...] = ()
+
+    @property
+    def revision(self) -> str | None:
+        return self.deployment.revision if self.deployment else None
+
+    @property
+    def replicas(self) -> int:
+        return self.deployment.replicas if self.deployment else 0
+
+    @property
+    def ready_replicas(self) -> int:
+        return self.deployment.ready_replicas if self.deployment else 0
+
+    def fully_ready(self, revision: str) -> bool:
+        """All desired replicas of ``revision`` are updated, available and ready (Argo Rollouts' rule)."""
+        d = self.deployment
+        return (
+            d is not None and d.revision == revision and d.replicas > 0 and d.generation_observed
+            and d.updated_replicas >= d.replicas and d.available_replicas >= d.replicas
+            and d.ready_replicas >= d.replicas and d.status_replicas <= d.replicas
+        )
+
+    def pod_failure(self, revision: str) -> str | None:
+        for pod in self.pods:
+            if pod.revision == revision and pod.failure:
+                return f"pod {pod.name}: {pod.failure}"
+        return None
+
+
+@dataclass(frozen=True)
+class Observed:
+    slots: Mapping[str, SlotObservation]
+    endpoint_selector: Mapping[str, str] | None  # None: the endpoint Service does not exist
+    slot_services: frozenset[str] = field(default_factory=frozenset)
+
+    def slot(self, name: str) -> SlotObservation:
+        return self.slots.get(name) or SlotObservation(deployment=None)
+
+
+def summarise_deployment(body: Mapping[str, Any]) -> DeploymentSummary:
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}
+    labels = meta.get("labels") or {}
+    template_labels = (spec.get("template", {}).get("metadata") or {}).get("labels") or {}
+    generation = meta.get("generation")
+    observed_generation = status.get("observedGeneration")
+    return DeploymentSummary(
+        slot=labels.get(LABEL_SLOT, ""),
+        revision=template_labels.get(LABEL_REVISION) or labels.get(LABEL_REVISION),
+        replicas=int(spec.get("replicas", 1)),
+        ready_replicas=int(status.get("readyReplicas") or 0),
+        updated_replicas=int(status.get("updatedReplicas") or 0),
+        available_replicas=int(status.get("availableReplicas") or 0),
+        status_replicas=int(status.get("replicas") or 0),
+        # Test API doubles set no generation; a real apiserver always does.
+        generation_observed=generation is None or (observed_generation or 0) >= generation,
+    )
+
+
+def _container_failure(statuses: Iterable[Mapping[str, Any]]) -> str | None:
+    for status in statuses:
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in FAIL_FAST_REASONS:
+            message = waiting.get("message") or ""
+            return f"{reason}: {message}".rstrip(": ")
+    return None
+
+
+def summarise_pod(body: Mapping[str, Any]) -> PodSummary:
+    meta, status = body.get("metadata", {}), body.get("status") or {}
+    labels = meta.get("labels") or {}
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    failure = _container_failure(status.get("initContainerStatuses") or []) or \
+        _container_failure(status.get("containerStatuses") or [])
+    return PodSummary(
+        name=meta.get("name", ""), slot=labels.get(LABEL_SLOT, ""), revision=labels.get(LABEL_REVISION),
+        ready=ready, ip=status.get("podIP"), failure=failure,
+    )
+
+
+def endpoint_of(body: Mapping[str, Any]) -> str | None:
+    return ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_ENDPOINT)
+
+
+def observe_endpoint(
+    deployments: Iterable[DeploymentSummary],
+    pods: Iterable[PodSummary],
+    endpoint_selector: Mapping[str, str] | None,
+    slot_services: Iterable[str],
+) -> Observed:
+    by_slot = {d.slot: d for d in deployments}
+    pods = tuple(pods)
+    slots = {
+        slot: SlotObservation(deployment=deployment, pods=tuple(p for p in pods if p.slot == slot))
+        for slot, deployment in by_slot.items()
+    }
+    return Observed(slots=slots, endpoint_selector=endpoint_selector, slot_services=frozenset(slot_services))

@@ -1,0 +1,188 @@
+"""Pure builders of the objects an endpoint owns: slot Deployments, slot Services, the endpoint Service.
+
+Every object carries the endpoint, slot and revision labels and an owner reference to its
+ModelEndpoint, so ``kubectl delete mep`` deletes everything and ``kubectl get all -l`` finds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from .api import API_VERSION, KIND, ModelEndpointSpec
+
+LABEL_ENDPOINT = "slotkeeper.io/endpoint"
+LABEL_SLOT = "slotkeeper.io/slot"
+LABEL_REVISION = "slotkeeper.io/revision"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "slotkeeper"
+# The endpoint Service selects this slot before any revision is ready: it matches no pod.
+NO_SLOT = "none"
+SERVICE_PORT = 80
+PVC_MOUNT_ROOT = "/mnt/models"
+CACHE_DIR = "/var/cache/slotkeeper"
+
+
+def slot_object_name(endpoint: str, slot: str) -> str:
+    return f"{endpoint}-{slot}"
+
+
+def endpoint_url(endpoint: str, namespace: str) -> str:
+    return f"http://{endpoint}.{namespace}.svc.cluster.local"
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _labels(endpoint: str, slot: str | None = None, revision: str | None = None) -> dict[str, str]:
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_ENDPOINT: endpoint}
+    if slot:
+        labels[LABEL_SLOT] = slot
+    if revision:
+        labels[LABEL_REVISION] = revision
+    return labels
+
+
+def slot_selector(endpoint: str, slot: str | None) -> dict[str, str]:
+    """The endpoint Service's selector: one slot, or (slot=None) every slot of the endpoint (canary)."""
+    selector = {LABEL_ENDPOINT: endpoint}
+    if slot is not None:
+        selector[LABEL_SLOT] = slot
+    return selector
+
+
+def _metadata(owner: dict[str, Any], name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner["metadata"]["namespace"],
+        "labels": labels,
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def model_location(uri: str) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None]:
+    """The URI the server loads, plus the volume and mount a ``pvc://claim/path`` URI needs."""
+    parts = urlsplit(uri)
+    if parts.scheme != "pvc":
+        return uri, None, None
+    claim = parts.netloc
+    mount_path = f"{PVC_MOUNT_ROOT}/{claim}"
+    volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    mount = {"name": "model", "mountPath": mount_path, "readOnly": True}
+    return f"file://{mount_path}{parts.path}", volume, mount
+
+
+def render_slot_deployment(
+    owner: dict[str, Any], spec: ModelEndpointSpec, slot: str, revision: str, replicas: int,
+) -> dict[str, Any]:
+    endpoint = owner["metadata"]["name"]
+    serving = spec.serving
+    uri, model_volume, model_mount = model_location(spec.model.uri)
+    env = [
+        {"name": "SLOTKEEPER_MODEL_URI", "value": uri},
+        {"name": "SLOTKEEPER_MODEL_NAME", "value": spec.model.name},
+        {"name": "SLOTKEEPER_MODEL_FORMAT", "value": spec.model.format},
+        {"name": "SLOTKEEPER_MODEL_VERSION", "value": revision},
+        {"name": "SLOTKEEPER_PORT", "value": str(serving.port)},
+        {"name": "SLOTKEEPER_CACHE_DIR", "value": CACHE_DIR},
+        *(var.to_api() for var in serving.env),
+    ]
+    # The root filesystem is read-only: the model cache and /tmp are emptyDirs.
+    volumes = [{"name": "cache", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
+    if model_volume and model_mount:
+        volumes.append(model_volume)
+        mounts.append(model_mount)
+
+    container: dict[str, Any] = {
+        "name": "model",
+        "image": serving.image,
+        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
+        "env": env,
+        "resources": serving.resources,
+        "readinessProbe": {
+            "httpGet": {"path": serving.readiness_path, "port": "http"},
+            "periodSeconds": 2, "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": serving.liveness_path, "port": "http"},
+            "periodSeconds": 10, "failureThreshold": 3,
+        },
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if serving.image_pull_policy:
+        container["imagePullPolicy"] = serving.image_pull_policy
+
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "automountServiceAccountToken": False,
+    }
+    if serving.service_account_name:
+        pod_spec["serviceAccountName"] = serving.service_account_name
+
+    pod_labels = _labels(endpoint, slot, revision)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, slot_object_name(endpoint, slot), pod_labels),
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": 2,
+            # The selector is immutable, so it names the slot, never the revision.
+            "selector": {"matchLabels": slot_selector(endpoint, slot)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(serving.port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def _service(owner: dict[str, Any], name: str, labels: dict[str, str], selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, name, labels),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def render_slot_service(owner: dict[str, Any], slot: str) -> dict[str, Any]:
+    """A slot's own address: for previews and the validation requests sent before traffic moves."""
+    endpoint = owner["metadata"]["name"]
+    return _service(owner, slot_object_name(endpoint, slot), _labels(endpoint, slot), slot_selector(endpoint, slot))
+
+
+def render_endpoint_service(owner: dict[str, Any], selector: dict[str, str]) -> dict[str, Any]:
+    """The address clients call. Its selector is the traffic switch."""
+    endpoint = owner["metadata"]["name"]
+    return _service(owner, endpoint, _labels(endpoint), selector)
