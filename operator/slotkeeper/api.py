@@ -9,7 +9,8 @@ input when it runs against an apiserver that skipped them (e.g. an old CRD).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import os
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -24,6 +25,7 @@ CATEGORIES = ["slotkeeper"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
 DEFAULT_SERVING_IMAGE = "ghcr.io/slotkeeper/serving:0.1.0"
+DEFAULT_SERVING_IMAGE_ENV = "SLOTKEEPER_DEFAULT_SERVING_IMAGE"
 SLOTS = ("blue", "green")
 # The longest endpoint name whose slot objects ("<name>-green") still fit a 63-character DNS label.
 MAX_ENDPOINT_NAME_LENGTH = 63 - len("-green")
@@ -45,6 +47,10 @@ class ApiModel(BaseModel):
 
     def to_api(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def default_serving_image() -> str:
+    return os.environ.get(DEFAULT_SERVING_IMAGE_ENV) or DEFAULT_SERVING_IMAGE
 
 
 # ---------------------------------------------------------------------------------------------- spec
@@ -78,11 +84,22 @@ class EnvVar(ApiModel):
         description="As in a Pod's env[].valueFrom (secretKeyRef, configMapKeyRef, fieldRef, ...).",
     )
 
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("set either value or valueFrom, not both")
+        return self
+
 
 class Serving(ApiModel):
     """The slot's pod template, in the user's words."""
 
-    image: str = Field(DEFAULT_SERVING_IMAGE, min_length=1, max_length=512)
+    image: str | None = Field(
+        None, min_length=1, max_length=512,
+        description="The model server image. Default: the slotkeeper serving image the operator was installed "
+                    "with (its SLOTKEEPER_DEFAULT_SERVING_IMAGE); the default is not part of the revision, so "
+                    "upgrading the operator does not roll out every endpoint.",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     replicas: int = Field(
         1, ge=1, le=100,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .render import LABEL_ENDPOINT, LABEL_REVISION, LABEL_SLOT
+from .render import LABEL_REVISION, LABEL_SLOT
 
 # Container states that will not heal by waiting: a rollout fails at once instead of at its deadline.
 FAIL_FAST_REASONS = frozenset({
@@ -124,10 +124,6 @@ def summarise_pod(body: Mapping[str, Any]) -> PodSummary:
         name=meta.get("name", ""), slot=labels.get(LABEL_SLOT, ""), revision=labels.get(LABEL_REVISION),
         ready=ready, ip=status.get("podIP"), failure=failure,
     )
-
-
-def endpoint_of(body: Mapping[str, Any]) -> str | None:
-    return ((body.get("metadata") or {}).get("labels") or {}).get(LABEL_ENDPOINT)
 
 
 def observe_endpoint(

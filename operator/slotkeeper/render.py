@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from .api import API_VERSION, KIND, ModelEndpointSpec
+from .api import API_VERSION, KIND, ModelEndpointSpec, default_serving_image
 
 LABEL_ENDPOINT = "slotkeeper.io/endpoint"
 LABEL_SLOT = "slotkeeper.io/slot"
@@ -105,7 +105,7 @@ def render_slot_deployment(
 
     container: dict[str, Any] = {
         "name": "model",
-        "image": serving.image,
+        "image": serving.image or default_serving_image(),
         "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
         "env": env,
         "resources": serving.resources,

@@ -1,0 +1,110 @@
+"""One endpoint's reconcile pass: observe -> decide -> act -> remember, and nothing else.
+
+The kopf daemon (handlers.py) calls :meth:`EndpointReconciler.reconcile` whenever something about
+the endpoint may have changed, and again after the delay it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping
+
+from pydantic import ValidationError
+
+from .api import ModelEndpointSpec, ModelEndpointStatus
+from .cluster import Cluster, merge_patch
+from .conditions import set_condition
+from .decide import Endpoint, decide_next_step, format_time
+from .observe import DeploymentSummary, Observed, PodSummary, observe_endpoint
+from .recent_writes import RecentWrites
+
+# With nothing under way, look again this rarely (level-triggered safety net; it costs no API call).
+IDLE_RESYNC_SECONDS = 600.0
+STATUS_KEYS = frozenset(field.alias or name for name, field in ModelEndpointStatus.model_fields.items())
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ObservedSources:
+    """The watch-fed views of what the endpoint owns (kopf indexes in production)."""
+    deployments: Iterable[DeploymentSummary]
+    pods: Iterable[PodSummary]
+    services: Mapping[str, Mapping[str, str]]  # Service name -> selector
+
+
+def spec_error(error: ValidationError) -> str:
+    """'spec.checks.metrics.0.max: Input should be a valid number' for the first few problems."""
+    parts = []
+    for problem in error.errors()[:3]:
+        location = ".".join(str(item) for item in ("spec", *problem["loc"]))
+        parts.append(f"{location}: {problem['msg']}")
+    return "; ".join(parts)
+
+
+@dataclass
+class EndpointReconciler:
+    namespace: str
+    name: str
+    cluster: Cluster
+    post_event: Callable[..., None]
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    # The status as last written: the watch may lag behind our own patch.
+    written_status: dict[str, Any] | None = None
+    recent_writes: RecentWrites = field(default_factory=RecentWrites)
+
+    async def reconcile(self, body: Mapping[str, Any], sources: ObservedSources) -> float:
+        """One pass. Returns the seconds until the next pass is due without any event."""
+        meta = body.get("metadata", {})
+        current_status = self.written_status if self.written_status is not None else dict(body.get("status") or {})
+        try:
+            spec = ModelEndpointSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            await self._report_invalid_spec(meta, current_status, spec_error(error))
+            return IDLE_RESYNC_SECONDS
+
+        endpoint = Endpoint(
+            name=self.name, namespace=self.namespace, uid=meta.get("uid", ""), generation=meta.get("generation"),
+            spec=spec, status=ModelEndpointStatus.model_validate(current_status),
+            annotations=meta.get("annotations") or {},
+        )
+        observed = self.recent_writes.overlay(self._observe(sources))
+        decision = decide_next_step(endpoint, observed, self.clock())
+        for action in decision.actions:
+            await self.cluster.apply(self.namespace, self.name, action, self.post_event)
+            self.recent_writes.remember(self.name, action, observed)
+        await self._write_status(current_status, decision.status.to_api())
+        return decision.requeue_after if decision.requeue_after is not None else IDLE_RESYNC_SECONDS
+
+    def _observe(self, sources: ObservedSources) -> Observed:
+        services = sources.services
+        return observe_endpoint(
+            deployments=sources.deployments,
+            pods=sources.pods,
+            endpoint_selector=services.get(self.name),
+            slot_services=[name[len(self.name) + 1:] for name in services if name != self.name],
+        )
+
+    async def _write_status(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        # Keys the operator does not own (e.g. a kopf bookkeeping key) are left alone.
+        owned_old = {key: value for key, value in old.items() if key in STATUS_KEYS}
+        patch = merge_patch(owned_old, new)
+        if patch:
+            await self.cluster.patch_status(self.namespace, self.name, patch)
+        self.written_status = {**old, **new}
+        for key in owned_old.keys() - new.keys():
+            self.written_status.pop(key, None)
+
+    async def _report_invalid_spec(self, meta: Mapping[str, Any], old: dict[str, Any], message: str) -> None:
+        """Only the operator can tell: keep whatever runs, say which field is wrong, create nothing."""
+        status = ModelEndpointStatus.model_validate(old)
+        now = format_time(self.clock())
+        generation = meta.get("generation")
+        conditions = set_condition(list(status.conditions), "Degraded", True, "InvalidSpec", message, now, generation)
+        new_status = status.model_copy(update={"phase": "Degraded", "observed_generation": generation,
+                                               "conditions": conditions})
+        if new_status != status:
+            self.post_event(type="Warning", reason="InvalidSpec", message=message)
+        await self._write_status(old, new_status.to_api())
