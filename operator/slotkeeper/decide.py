@@ -17,11 +17,12 @@ observed selector differs from the wanted one, so a resumed rollout never switch
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Mapping, Sequence
 
 from .actions import Action, ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
 from .api import SLOTS, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus, Rollout, ScaleDown, SlotStatus
+from .clock import format_time, parse_time
 from .conditions import set_condition
 from .observe import Observed
 from .render import (LABEL_SLOT, NO_SLOT, endpoint_url, render_endpoint_service, render_slot_deployment,
@@ -59,14 +60,6 @@ class Decision:
 
 def other_slot(slot: str) -> str:
     return SLOTS[1 - SLOTS.index(slot)]
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
 class _Step:

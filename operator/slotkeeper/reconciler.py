@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from .api import ModelEndpointSpec, ModelEndpointStatus
 from .cluster import Cluster, merge_patch
 from .conditions import set_condition
-from .decide import Endpoint, decide_next_step, format_time
+from .clock import format_time
+from .decide import Endpoint, decide_next_step
 from .observe import DeploymentSummary, Observed, PodSummary, observe_endpoint
 from .recent_writes import RecentWrites
 
