@@ -303,6 +303,7 @@ class Rollout(ApiModel):
     started_at: str
     step_started_at: str
     canary_step: int = 0
+    validated: bool = False
     switched_at: str | None = None
 
 
@@ -332,6 +333,7 @@ class ModelEndpointStatus(ApiModel):
     checks: list[CheckStatus] = Field(default_factory=list)
     history: list[HistoryEntry] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
+    manual_pause: bool = Field(False, description="Paused by the `pause` action until `resume`.")
     handled_actions: dict[str, str] = Field(
         default_factory=dict, description="The last token of each manual-action annotation the operator handled.",
     )

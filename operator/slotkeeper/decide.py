@@ -22,6 +22,8 @@ from typing import Mapping, Sequence
 
 from .actions import Action, ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
 from .api import SLOTS, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus, Rollout, ScaleDown, SlotStatus
+from .checks.canary import actual_weight, replicas_for_weight
+from .checks.verdicts import Verdict, next_check_status, next_due, status_for, summarise_checks
 from .clock import format_time, parse_time
 from .conditions import set_condition
 from .observe import Observed
@@ -32,6 +34,13 @@ from .revision import revision_of
 FIRST_SLOT = "blue"
 # While a rollout waits on the cluster, look again at least this often even without a watch event.
 ROLLOUT_POLL_SECONDS = 10.0
+# Manual actions are annotations "slotkeeper.io/<action>: <token>"; a token is acted on once.
+ACTION_PREFIX = "slotkeeper.io/"
+MANUAL_ACTIONS = ("promote", "abort", "retry", "pause", "resume")
+# Steps in which the candidate is checked (validation requests, metric checks).
+CHECKED_STEPS = ("Validating", "Canary", "Analysing")
+# During canary steps the endpoint Service selects every slot; the share follows the ready pods.
+BOTH_SLOTS = "*"
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,13 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Gates:
+    """What the cluster layer measured for the candidate in this pass (it runs what is due)."""
+    validation: tuple[bool, str] | None = None  # the validation requests' result, when they ran
+    verdicts: Mapping[str, Verdict] = field(default_factory=dict)  # metric verdicts, by check name
+
+
+@dataclass(frozen=True)
 class Decision:
     status: ModelEndpointStatus
     actions: list[Action]
@@ -65,8 +81,9 @@ def other_slot(slot: str) -> str:
 class _Step:
     """Accumulates one decision: status changes, actions and the next wake-up."""
 
-    def __init__(self, endpoint: Endpoint, observed: Observed, now: datetime) -> None:
-        self.endpoint, self.observed, self.now = endpoint, observed, now
+    def __init__(self, endpoint: Endpoint, observed: Observed, now: datetime, gates: Gates) -> None:
+        self.endpoint, self.observed, self.now, self.gates = endpoint, observed, now, gates
+        self.requested: frozenset[str] = frozenset()
         self.spec: ModelEndpointSpec = endpoint.spec
         self.status: ModelEndpointStatus = endpoint.status
         self.now_text = format_time(now)
@@ -116,13 +133,13 @@ class _Step:
                 return action.body["spec"]["selector"]
         return self.observed.endpoint_selector
 
-    def want_selector(self, slot: str | None) -> bool:
-        """Point the endpoint Service at ``slot`` (None: at no pod); True when that moves traffic."""
-        selector = slot_selector(self.endpoint.name, slot if slot is not None else NO_SLOT)
+    def want_selector(self, slot: str) -> bool:
+        """Point the endpoint Service at ``slot`` (or NO_SLOT, or BOTH_SLOTS); True when that moves traffic."""
+        selector = slot_selector(self.endpoint.name, None if slot == BOTH_SLOTS else slot)
         current = self.wanted_selector()
         if current is None:
             self.actions.append(CreateService(render_endpoint_service(self.endpoint.owner, selector)))
-            return slot is not None
+            return slot != NO_SLOT
         if dict(current) != selector:
             self.actions.append(SwitchTraffic(selector=selector))
             return True
@@ -133,17 +150,16 @@ class _Step:
         return Decision(status=self.status, actions=self.actions, requeue_after=requeue)
 
 
-def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime) -> Decision:
-    step = _Step(endpoint, observed, now)
+def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gates: Gates = Gates()) -> Decision:
+    step = _Step(endpoint, observed, now, gates)
     step.update(observed_generation=endpoint.generation, url=endpoint_url(endpoint.name, endpoint.namespace))
     for slot in SLOTS:
         if slot not in observed.slot_services:
             step.actions.append(CreateService(render_slot_service(endpoint.owner, slot)))
+    _take_manual_actions(step)
 
     revision = revision_of(endpoint.spec)
-    if endpoint.spec.paused:
-        _hold(step)
-    elif step.status.stable_revision is None:
+    if step.status.stable_revision is None:
         _first_rollout(step, revision)
     elif revision == step.status.stable_revision:
         _steady(step, revision)
@@ -165,25 +181,61 @@ def _blocked(step: _Step, revision: str) -> bool:
     return status.failed_revision == revision and status.failed_generation == step.endpoint.generation
 
 
+def pending_manual_actions(annotations: Mapping[str, str], handled: Mapping[str, str]) -> dict[str, str]:
+    """Actions whose annotation carries a token not handled yet: {action: token}."""
+    pending = {}
+    for action in MANUAL_ACTIONS:
+        token = annotations.get(ACTION_PREFIX + action)
+        if token and handled.get(action) != token:
+            pending[action] = token
+    return pending
+
+
+def _take_manual_actions(step: _Step) -> None:
+    """Record each new token as handled (so it acts once) and apply what does not depend on the step."""
+    pending = pending_manual_actions(step.endpoint.annotations, step.status.handled_actions)
+    if not pending:
+        return
+    step.update(handled_actions={**step.status.handled_actions, **pending})
+    step.requested = frozenset(pending)
+    for action in sorted(pending):
+        step.event("Normal", "ManualAction", f"{action} requested")
+    if "retry" in pending and step.status.failed_revision:
+        step.update(failed_revision=None, failed_generation=None)
+    if "pause" in pending:
+        step.update(manual_pause=True)
+    if "resume" in pending:
+        step.update(manual_pause=False)
+
+
+def _paused(step: _Step) -> bool:
+    return step.spec.paused or step.status.manual_pause
+
+
 def _hold(step: _Step) -> None:
-    """spec.paused: nothing moves; the selector stays wherever it is."""
+    """Paused (spec.paused or the pause action): nothing moves forward; failures still revert."""
+    why = "spec.paused is true" if step.spec.paused else "paused by the pause action; resume to continue"
     step.update(phase="Paused")
-    step.condition("Progressing", False, "Paused", "spec.paused is true: rollouts are held")
+    step.condition("Progressing", False, "Paused", why)
 
 
 def _first_rollout(step: _Step, revision: str) -> None:
     """No revision has ever been good: deploy into blue; the endpoint selects it once it is ready."""
     status, spec = step.status, step.spec
     if _blocked(step, revision):
-        step.want_selector(None)
+        step.want_selector(NO_SLOT)
         return
     rollout = status.rollout
+    if _paused(step) and (rollout is None or rollout.revision != revision):
+        step.want_selector(NO_SLOT)
+        _hold(step)
+        return
     if rollout is None or rollout.revision != revision:
         if rollout is not None:
             step.record(rollout.revision, rollout.model_uri, "Superseded", "NewRevision",
                         f"replaced by revision {revision} before it was ready")
         rollout = _new_rollout(step, revision, FIRST_SLOT)
-    step.want_selector(None)
+    step.want_selector(NO_SLOT)
     step.want_deployment(rollout.slot, revision, spec.serving.replicas)
     failure = _readiness_failure(step, rollout)
     if failure:
@@ -240,6 +292,9 @@ def _rollout(step: _Step, revision: str) -> None:
     status, spec = step.status, step.spec
     active = status.active_slot or FIRST_SLOT
     rollout = status.rollout
+    if _paused(step) and (rollout is None or rollout.revision != revision):
+        _hold(step)  # a paused endpoint starts (or supersedes with) nothing
+        return
     if rollout is None or rollout.revision != revision:
         if rollout is not None:
             # A newer revision supersedes the candidate: stable takes all traffic back before the
@@ -251,18 +306,23 @@ def _rollout(step: _Step, revision: str) -> None:
         rollout = _new_rollout(step, revision, other_slot(active))
         step.update(scale_down=None)
 
-    # The stable slot keeps full size for the whole rollout: it is what a revert falls back on.
-    step.want_replicas(active, spec.serving.replicas)
-    step.want_deployment(rollout.slot, revision, spec.serving.replicas)
+    step.want_deployment(rollout.slot, revision, _candidate_replicas(step, rollout))
     step.update(phase="Progressing")
+    _record_verdicts(step, rollout)
 
-    failure = _readiness_failure(step, rollout)
+    failure = _readiness_failure(step, rollout) or _check_failure(step, rollout)
+    if failure is None and "abort" in step.requested:
+        failure = ("Aborted", f"rollout of revision {revision} aborted by the abort action")
     if failure:
         _revert(step, rollout, *failure)
+        return
+    if _paused(step):
+        _hold(step)
         return
 
     if rollout.step == "Deploying":
         step.want_selector(active)
+        step.want_replicas(active, spec.serving.replicas)
         if not step.observed.slot(rollout.slot).fully_ready(revision):
             step.condition("Progressing", True, "Deploying", f"waiting for revision {revision} in slot {rollout.slot}")
             return
@@ -270,34 +330,180 @@ def _rollout(step: _Step, revision: str) -> None:
 
     if rollout.step == "Validating":
         step.want_selector(active)
-        rollout = _advance(step, rollout, "AwaitingPromotion" if _needs_manual_promotion(spec) else "Analysing")
+        rollout = _validate(step, rollout)
+        if rollout is None:
+            return
+        next_step = "Canary" if spec.strategy.canary else (
+            "AwaitingPromotion" if _needs_manual_promotion(spec) else "Analysing")
+        rollout = _advance(step, rollout, next_step)
 
     if rollout.step == "AwaitingPromotion":
         step.want_selector(active)
-        step.update(phase="Paused")
-        step.condition("Progressing", True, "AwaitingPromotion",
-                       f"revision {revision} is ready in slot {rollout.slot}; promote it to switch traffic")
-        return
+        if "promote" not in step.requested:
+            step.update(phase="Paused")
+            step.condition("Progressing", True, "AwaitingPromotion",
+                           f"revision {revision} is ready in slot {rollout.slot}; promote it to switch traffic")
+            return
+        step.requested = step.requested - {"promote"}  # one promote skips one wait
+        rollout = _advance(step, rollout, "Analysing")
+
+    if rollout.step == "Canary":
+        rollout = _canary(step, rollout, active)
+        if rollout is None:
+            return
 
     if rollout.step == "Analysing":
-        if rollout.switched_at is None:
-            rollout = rollout.model_copy(update={"switched_at": step.now_text})
-            step.update(rollout=rollout)
-        if step.want_selector(rollout.slot):
-            step.event("Normal", "TrafficSwitched", f"endpoint now selects slot {rollout.slot} (revision {revision})")
-        analysis_end = parse_time(rollout.switched_at) + timedelta(seconds=spec.checks.analysis_seconds)
-        if step.now < analysis_end:
-            step.condition("Progressing", True, "Analysing",
-                           f"revision {revision} takes traffic; analysis until {format_time(analysis_end)}")
-            step.wake_at(analysis_end)
+        _analyse(step, rollout, active)
+
+
+def _validate(step: _Step, rollout: Rollout) -> Rollout | None:
+    """Validation requests, then one round of metric checks, before the candidate gets any traffic.
+
+    Returns the rollout to go on with, or None to wait (the cluster layer runs what is due next pass).
+    """
+    checks = step.spec.checks
+    if checks.validation and not rollout.validated:
+        if step.gates.validation is None:
+            step.condition("Progressing", True, "Validating", f"sending validation requests to slot {rollout.slot}")
+            step.wake_ups.append(0.0)
+            return None
+        passed, message = step.gates.validation
+        if not passed:
+            _revert(step, rollout, "ValidationFailed", message)
+            return None
+        rollout = rollout.model_copy(update={"validated": True})
+        step.update(rollout=rollout)
+    not_run = [c.name for c in checks.metrics if status_for(step.status.checks, c.name, rollout.revision) is None]
+    if not_run:
+        step.condition("Progressing", True, "Validating", "running metric checks: " + ", ".join(not_run))
+        step.wake_ups.append(0.0)
+        return None
+    return rollout
+
+
+def _canary(step: _Step, rollout: Rollout, active: str) -> Rollout | None:
+    """Walk the canary steps; None while a step waits. The selector picks both slots while weight > 0."""
+    spec, canary = step.spec, step.spec.strategy.canary
+    replicas = spec.serving.replicas
+    while rollout.canary_step < len(canary.steps):
+        current = canary.steps[rollout.canary_step]
+        position = f"step {rollout.canary_step + 1}/{len(canary.steps)}"
+        if current.set_weight is not None and current.set_weight < 100:
+            stable_n, candidate_n = replicas_for_weight(replicas, current.set_weight)
+            candidate_ready = step.observed.slot(rollout.slot).fully_ready(rollout.revision) and \
+                step.observed.slot(rollout.slot).replicas == candidate_n
+            # The stable slot shrinks only once the candidate's pods for this weight are ready.
+            step.want_replicas(active, stable_n if candidate_ready else max(stable_n, step.observed.slot(active).replicas))
+            step.want_selector(BOTH_SLOTS if current.set_weight > 0 else active)
+            if not candidate_ready or step.observed.slot(active).replicas != stable_n:
+                deadline = parse_time(rollout.step_started_at) + timedelta(seconds=spec.checks.progress_deadline_seconds)
+                if step.now >= deadline:
+                    _revert(step, rollout, "ProgressDeadlineExceeded",
+                            f"canary {position} (setWeight {current.set_weight}) was not ready within "
+                            f"{spec.checks.progress_deadline_seconds}s")
+                    return None
+                step.wake_at(min(deadline, step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS)))
+                step.condition("Progressing", True, "Canary", f"{position}: scaling for weight {current.set_weight}%")
+                return None
+        elif current.pause is not None and "promote" not in step.requested:
+            if not _checks_allow_progress(step, rollout):
+                return None
+            if current.pause.seconds is None:
+                step.update(phase="Paused")
+                step.condition("Progressing", True, "AwaitingPromotion", f"canary {position} paused until promote")
+                return None
+            until = parse_time(rollout.step_started_at) + timedelta(seconds=current.pause.seconds)
+            if step.now < until:
+                step.condition("Progressing", True, "Canary", f"canary {position} paused until {format_time(until)}")
+                step.wake_at(until)
+                return None
+        if not _checks_allow_progress(step, rollout):
+            return None
+        rollout = rollout.model_copy(update={"canary_step": rollout.canary_step + 1, "step_started_at": step.now_text})
+        step.update(rollout=rollout)
+        step.requested = step.requested - {"promote"}  # one promote skips one wait
+        step.want_deployment(rollout.slot, rollout.revision, _candidate_replicas(step, rollout))
+    return _advance(step, rollout, "Analysing")
+
+
+def _analyse(step: _Step, rollout: Rollout, active: str) -> None:
+    """Traffic on the candidate alone, the old slot at full size, checks running; then promote."""
+    spec, revision = step.spec, rollout.revision
+    step.want_replicas(active, spec.serving.replicas)
+    if rollout.switched_at is None:
+        if not step.observed.slot(rollout.slot).fully_ready(revision):  # e.g. a canary scaling to full size
+            step.condition("Progressing", True, "Analysing", f"scaling slot {rollout.slot} to full size")
+            step.wake_at(step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS))
             return
-        _promote(step, rollout, active)
+        rollout = rollout.model_copy(update={"switched_at": step.now_text})
+        step.update(rollout=rollout)
+    if step.want_selector(rollout.slot):
+        step.event("Normal", "TrafficSwitched", f"endpoint now selects slot {rollout.slot} (revision {revision})")
+    if "promote" in step.requested:
+        _promote(step, rollout, active, "PromotedManually")
+        return
+    analysis_end = parse_time(rollout.switched_at) + timedelta(seconds=spec.checks.analysis_seconds)
+    if step.now < analysis_end:
+        step.condition("Progressing", True, "Analysing",
+                       f"revision {revision} takes traffic; analysis until {format_time(analysis_end)}")
+        step.wake_at(analysis_end)
+        return
+    if not _checks_allow_progress(step, rollout, final=True):
+        return
+    _promote(step, rollout, active, "AnalysisPassed")
+
+
+def _candidate_replicas(step: _Step, rollout: Rollout) -> int:
+    """Full size, except during a canary: the pods the current (or first) weight needs, at least one."""
+    replicas, canary = step.spec.serving.replicas, step.spec.strategy.canary
+    if canary is None or rollout.step == "Analysing":
+        return replicas
+    weights = [s.set_weight for s in canary.steps if s.set_weight is not None]
+    done = [s.set_weight for s in canary.steps[:rollout.canary_step + 1] if s.set_weight is not None]
+    weight = done[-1] if rollout.step == "Canary" and done else next((w for w in weights if w > 0), 100)
+    return max(1, replicas_for_weight(replicas, weight)[1])
+
+
+def _record_verdicts(step: _Step, rollout: Rollout) -> None:
+    """Fold this pass's verdicts into status.checks and wake when the next check is due."""
+    statuses = [s for s in step.status.checks if s.revision == rollout.revision]
+    checks = step.spec.checks.metrics
+    for check in checks:
+        verdict = step.gates.verdicts.get(check.name)
+        if verdict is None:
+            continue
+        previous = status_for(statuses, check.name, rollout.revision)
+        updated = next_check_status(check, previous, rollout.revision, verdict, step.now_text)
+        statuses = [s for s in statuses if s is not previous] + [updated]
+    order = {check.name: index for index, check in enumerate(checks)}
+    step.update(checks=sorted(statuses, key=lambda s: order.get(s.name, len(order))))
+    if rollout.step in CHECKED_STEPS:
+        for check in checks:
+            step.wake_at(next_due(check, status_for(statuses, check.name, rollout.revision), rollout.revision, step.now))
+
+
+def _check_failure(step: _Step, rollout: Rollout) -> tuple[str, str] | None:
+    summary = summarise_checks(step.spec.checks.metrics, step.status.checks, rollout.revision)
+    return ("CheckFailed", summary.message) if summary.state == "failed" else None
+
+
+def _checks_allow_progress(step: _Step, rollout: Rollout, final: bool = False) -> bool:
+    """Inconclusive checks stall the rollout; at the end of analysis every check must pass."""
+    summary = summarise_checks(step.spec.checks.metrics, step.status.checks, rollout.revision)
+    if summary.state == "stalled" and "promote" not in step.requested:
+        step.update(phase="Paused")
+        step.condition("Progressing", False, "ChecksInconclusive", summary.message + "; promote or abort to decide")
+        return False
+    if final and summary.state == "pending" and "promote" not in step.requested:
+        step.condition("Progressing", True, "Analysing", summary.message)
+        return False
+    return True
 
 
 def _new_rollout(step: _Step, revision: str, slot: str) -> Rollout:
     rollout = Rollout(revision=revision, slot=slot, model_uri=step.spec.model.uri, step="Deploying",
                       started_at=step.now_text, step_started_at=step.now_text)
-    step.update(rollout=rollout, candidate_revision=revision, candidate_slot=slot, phase="Progressing")
+    step.update(rollout=rollout, candidate_revision=revision, candidate_slot=slot, phase="Progressing", checks=[])
     step.event("Normal", "RolloutStarted", f"rolling out revision {revision} into slot {slot}")
     return rollout
 
@@ -345,15 +551,14 @@ def _revert(step: _Step, rollout: Rollout, reason: str, message: str) -> None:
     _serving_conditions(step, active)
 
 
-def _promote(step: _Step, rollout: Rollout, old_active: str) -> None:
+def _promote(step: _Step, rollout: Rollout, old_active: str, reason: str) -> None:
     delay = _scale_down_delay(step.spec)
     step.update(rollout=None, stable_revision=rollout.revision, stable_model_uri=rollout.model_uri,
                 active_slot=rollout.slot, candidate_revision=None, candidate_slot=None,
                 failed_revision=None, failed_generation=None, phase="Healthy",
                 scale_down=ScaleDown(slot=old_active, revision=step.status.stable_revision,
                                      at=format_time(step.now + timedelta(seconds=delay))))
-    step.record(rollout.revision, rollout.model_uri, "Promoted", "AnalysisPassed",
-                f"serving from slot {rollout.slot}")
+    step.record(rollout.revision, rollout.model_uri, "Promoted", reason, f"serving from slot {rollout.slot}")
     step.event("Normal", "Promoted", f"revision {rollout.revision} is stable in slot {rollout.slot}")
     _healthy_conditions(step, f"revision {rollout.revision} serves from slot {rollout.slot}")
     _settle_idle_slot(step, old_active)
@@ -426,6 +631,6 @@ def traffic_shares(selector: Mapping[str, str] | None, observed: Observed) -> di
     total = sum(ready.values())
     if total == 0:
         return {slot: 0 for slot in SLOTS}
-    first = SLOTS[0]
-    shares = {slot: round(100 * ready[slot] / total) for slot in SLOTS[1:]}
-    return {first: 100 - sum(shares.values()), **shares}
+    blue, green = SLOTS
+    green_share = actual_weight(ready[blue], ready[green])
+    return {blue: 100 - green_share, green: green_share}

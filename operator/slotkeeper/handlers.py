@@ -14,12 +14,14 @@ import logging
 import os
 from typing import Any
 
+import aiohttp
 import kopf
 import kubernetes
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from .api import GROUP, PLURAL, VERSION
+from .checks.runner import CheckRunner
 from .cluster import Cluster
 from .observe import summarise_deployment, summarise_pod
 from .reconciler import EndpointReconciler, ObservedSources
@@ -71,6 +73,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.cluster = Cluster(build_api_client())
     if getattr(memo, "wakeups", None) is None:
         memo.wakeups = Wakeups()
+    if getattr(memo, "http", None) is None:  # for checks: scrapes, Prometheus, validation requests
+        memo.http = aiohttp.ClientSession()
 
 
 @kopf.on.cleanup()
@@ -78,6 +82,9 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     cluster = getattr(memo, "cluster", None)
     if cluster is not None:
         cluster.close()
+    http = getattr(memo, "http", None)
+    if http is not None:
+        await http.close()
 
 
 # -------------------------------------------------------------------- indexes of owned objects
@@ -122,6 +129,7 @@ async def reconcile_endpoint(
     reconciler = EndpointReconciler(
         namespace=namespace, name=name, cluster=memo.cluster,
         post_event=lambda **event: kopf.event(body, **event),
+        checks=CheckRunner(memo.http, **({"slot_url": memo.slot_url} if getattr(memo, "slot_url", None) else {})),
     )
     failures = 0
     try:

@@ -17,7 +17,8 @@ from .api import ModelEndpointSpec, ModelEndpointStatus
 from .cluster import Cluster, merge_patch
 from .conditions import set_condition
 from .clock import format_time
-from .decide import Endpoint, decide_next_step
+from .checks.runner import CheckRunner
+from .decide import Endpoint, Gates, decide_next_step
 from .observe import DeploymentSummary, Observed, PodSummary, observe_endpoint
 from .recent_writes import RecentWrites
 
@@ -51,6 +52,7 @@ class EndpointReconciler:
     name: str
     cluster: Cluster
     post_event: Callable[..., None]
+    checks: CheckRunner | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     # The status as last written: the watch may lag behind our own patch.
     written_status: dict[str, Any] | None = None
@@ -72,7 +74,9 @@ class EndpointReconciler:
             annotations=meta.get("annotations") or {},
         )
         observed = self.recent_writes.overlay(self._observe(sources))
-        decision = decide_next_step(endpoint, observed, self.clock())
+        now = self.clock()
+        gates = await self.checks.run(endpoint, observed, now) if self.checks else Gates()
+        decision = decide_next_step(endpoint, observed, now, gates)
         for action in decision.actions:
             await self.cluster.apply(self.namespace, self.name, action, self.post_event)
             self.recent_writes.remember(self.name, action, observed)

@@ -10,7 +10,7 @@ from typing import Any
 
 from slotkeeper.actions import ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
 from slotkeeper.api import ModelEndpointSpec, ModelEndpointStatus
-from slotkeeper.decide import Decision, Endpoint, decide_next_step
+from slotkeeper.decide import Decision, Endpoint, Gates, decide_next_step
 from slotkeeper.observe import (DeploymentSummary, PodSummary, observe_endpoint, summarise_deployment)
 from slotkeeper.render import LABEL_SLOT
 
@@ -35,10 +35,11 @@ class World:
     pods: list[PodSummary] = field(default_factory=list)
     events: list[EmitEvent] = field(default_factory=list)
     switches: int = 0
+    annotations: dict[str, str] = field(default_factory=dict)
 
     def endpoint(self) -> Endpoint:
         return Endpoint(name="credit", namespace="ml", uid="uid-1", generation=self.generation,
-                        spec=self.spec, status=self.status)
+                        spec=self.spec, status=self.status, annotations=dict(self.annotations))
 
     def observed(self):
         endpoint_service = self.services.get("credit")
@@ -49,12 +50,12 @@ class World:
             slot_services=[name.rsplit("-", 1)[1] for name in self.services if name != "credit"],
         )
 
-    def decide(self) -> Decision:
-        return decide_next_step(self.endpoint(), self.observed(), self.now)
+    def decide(self, gates: Gates = Gates()) -> Decision:
+        return decide_next_step(self.endpoint(), self.observed(), self.now, gates)
 
-    def step(self) -> Decision:
+    def step(self, gates: Gates = Gates()) -> Decision:
         """One reconcile: decide, apply every action, store the status."""
-        decision = self.decide()
+        decision = self.decide(gates)
         for action in decision.actions:
             self.apply(action)
         self.status = decision.status

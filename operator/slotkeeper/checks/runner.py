@@ -1,0 +1,103 @@
+"""Runs, for one endpoint, the validation requests and metric checks that are due, and hands the
+results to the decision as :class:`~slotkeeper.decide.Gates`. The only I/O of checks happens here.
+
+What is due is read from the status the decision wrote last: validation once per candidate in the
+``Validating`` step; each metric check every ``intervalSeconds`` while the candidate is checked.
+``source: pods`` keeps the previous scrape in memory (per revision): after a restart, the first
+evaluation only takes a new baseline and is Inconclusive.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+import aiohttp
+
+from ..api import MetricCheck
+from ..decide import CHECKED_STEPS, Endpoint, Gates
+from ..observe import Observed
+from ..render import SERVICE_PORT, slot_object_name
+from .pod_metrics import PodMetrics, derive
+from .prometheus import query_prometheus, render_query
+from .scrape import scrape_pods
+from .validation import run_validation
+from .verdicts import MetricUnavailable, Verdict, due, evaluate, status_for
+from .web import fetch_web_value
+
+MAX_TIMEOUT_SECONDS = 10.0
+
+
+def slot_service_url(namespace: str, endpoint: str, slot: str) -> str:
+    return f"http://{slot_object_name(endpoint, slot)}.{namespace}.svc:{SERVICE_PORT}"
+
+
+@dataclass
+class CheckRunner:
+    session: aiohttp.ClientSession
+    slot_url: Callable[[str, str, str], str] = slot_service_url
+    clock: Callable[[], float] = time.monotonic
+    # (revision, slot) -> (monotonic time, scrape): the baseline of the next pods evaluation
+    _baselines: dict[tuple[str, str], tuple[float, list[PodMetrics]]] = field(default_factory=dict)
+
+    async def run(self, endpoint: Endpoint, observed: Observed, now: datetime) -> Gates:
+        rollout = endpoint.status.rollout
+        if rollout is None or rollout.step not in CHECKED_STEPS:
+            self._baselines.clear()
+            return Gates()
+        validation = None
+        if rollout.step == "Validating" and endpoint.spec.checks.validation and not rollout.validated:
+            validation = await self._validate(endpoint, rollout.slot)
+        verdicts = {}
+        pods_window: tuple[dict[str, float | None], str] | None = None  # one scrape serves every pods check
+        for check in endpoint.spec.checks.metrics:
+            if not due(check, status_for(endpoint.status.checks, check.name, rollout.revision), rollout.revision, now):
+                continue
+            if check.source == "pods":
+                if pods_window is None:
+                    pods_window = await self._pods_window(endpoint, observed, rollout.slot, rollout.revision)
+                values, note = pods_window
+                verdict = evaluate(check, values.get(check.metric or ""))
+                verdicts[check.name] = Verdict(verdict.outcome, verdict.value,
+                                               f"{verdict.message}; {note}" if note else verdict.message)
+            else:
+                verdicts[check.name] = await self._measure(check, endpoint, rollout.slot, rollout.revision)
+        return Gates(validation=validation, verdicts=verdicts)
+
+    async def _validate(self, endpoint: Endpoint, slot: str) -> tuple[bool, str]:
+        base_url = self.slot_url(endpoint.namespace, endpoint.name, slot)
+        messages = []
+        for request in endpoint.spec.checks.validation:
+            passed, message = await run_validation(self.session, base_url, endpoint.spec.model.name, request)
+            if not passed:
+                return False, message
+            messages.append(message)
+        return True, "; ".join(messages)
+
+    async def _measure(self, check: MetricCheck, endpoint: Endpoint, slot: str, revision: str) -> Verdict:
+        """A prometheus or web check's verdict; a source that cannot answer is Inconclusive."""
+        timeout = min(float(check.interval_seconds), MAX_TIMEOUT_SECONDS)
+        try:
+            if check.source == "prometheus":
+                query = render_query(check.query or "", endpoint.namespace, endpoint.name, slot, revision)
+                return evaluate(check, await query_prometheus(self.session, check.address or "", query, timeout))
+            return evaluate(check, await fetch_web_value(self.session, check.url or "", check.json_path or "", timeout))
+        except MetricUnavailable as error:
+            return Verdict("Inconclusive", None, str(error))
+
+    async def _pods_window(self, endpoint: Endpoint, observed: Observed, slot: str,
+                           revision: str) -> tuple[dict[str, float | None], str]:
+        """The derived metrics of the candidate's ready pods since the last scrape, and a note on gaps."""
+        pods = [(p.name, p.ip) for p in observed.slot(slot).pods if p.revision == revision and p.ready and p.ip]
+        if not pods:
+            return {}, f"no ready pod of revision {revision} in slot {slot}"
+        timeout = min(float(min(c.interval_seconds for c in endpoint.spec.checks.metrics)), MAX_TIMEOUT_SECONDS)
+        scrape = await scrape_pods(self.session, pods, endpoint.spec.serving.port, timeout)
+        key, now = (revision, slot), self.clock()
+        baseline = self._baselines.get(key)
+        self._baselines = {key: (now, scrape.pods)}  # only the candidate's baseline is worth keeping
+        if baseline is None:
+            return {}, "first scrape of this revision: a baseline for the next window"
+        return derive(baseline[1], scrape.pods, now - baseline[0], revision=revision), scrape.message
