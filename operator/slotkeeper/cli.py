@@ -33,8 +33,82 @@ def _write_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+ACTION_HELP = {
+    "promote": "skip the current wait: a pause, a manual promotion, a stalled check, or the rest of the analysis",
+    "abort": "revert to the stable revision now",
+    "retry": "try a reverted revision again without changing the spec",
+    "pause": "hold the rollout where it is (failures still revert)",
+    "resume": "continue after pause",
+}
+
+
+def _kube(args: argparse.Namespace):
+    """The official client on --kubeconfig, else the current kubeconfig context (or in-cluster config)."""
+    import kubernetes
+    from kubernetes import client
+
+    from .handlers import build_api_client
+    if args.kubeconfig:
+        api = kubernetes.config.new_client_from_config(config_file=args.kubeconfig)
+    else:
+        api = build_api_client()
+    return client.CustomObjectsApi(api), client.CoreV1Api(api)
+
+
+def _get_endpoint(custom, namespace: str, name: str) -> dict:
+    from .api import GROUP, PLURAL, VERSION
+    return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def _request_action(args: argparse.Namespace) -> int:
+    """Set the action's annotation to a fresh token, then wait until the operator says it handled it."""
+    import time
+    from datetime import datetime, timezone
+
+    from .api import GROUP, PLURAL, VERSION
+    from .decide import ACTION_PREFIX
+    from .views import format_status
+
+    custom, _ = _kube(args)
+    token = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    patch = {"metadata": {"annotations": {ACTION_PREFIX + args.action: token}}}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, args.name, patch,
+                                          _content_type="application/merge-patch+json")
+    deadline = time.monotonic() + args.wait
+    while True:
+        endpoint = _get_endpoint(custom, args.namespace, args.name)
+        handled = ((endpoint.get("status") or {}).get("handledActions") or {}).get(args.action)
+        if handled == token:
+            print(f"{args.action}: handled by the operator\n")
+            print(format_status(endpoint))
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"{args.action}: requested (token {token}); the operator has not handled it within {args.wait:g}s",
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .api import KIND
+    from .views import format_history, format_status
+
+    custom, core = _kube(args)
+    endpoint = _get_endpoint(custom, args.namespace, args.name)
+    if args.command == "history":
+        print(format_history(endpoint))
+        return 0
+    selector = f"involvedObject.name={args.name},involvedObject.kind={KIND}"
+    events = core.list_namespaced_event(args.namespace, field_selector=selector).to_dict().get("items") or []
+    events = [{"lastTimestamp": str(e.get("last_timestamp") or e.get("event_time") or ""), "type": e.get("type"),
+               "reason": e.get("reason"), "message": e.get("message")} for e in events]
+    print(format_status(endpoint, events))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slotkeeper", description="Model endpoints with deployment slots.")
+    parser.add_argument("--kubeconfig", default=None, help="a kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the operator")
@@ -47,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="render the CustomResourceDefinition from the API models")
     crd.add_argument("--output", "-o", default="crds", help="a directory, or - for standard output")
     crd.set_defaults(func=_write_crd)
+
+    for action, help_text in ACTION_HELP.items():
+        command = commands.add_parser(action, help=help_text)
+        command.add_argument("name")
+        command.add_argument("-n", "--namespace", default="default")
+        command.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the operator")
+        command.set_defaults(func=_request_action, action=action)
+    for show, help_text in (("status", "slots, revisions, traffic, checks and recent events"),
+                            ("history", "the revisions rolled out, promoted and reverted")):
+        command = commands.add_parser(show, help=help_text)
+        command.add_argument("name")
+        command.add_argument("-n", "--namespace", default="default")
+        command.set_defaults(func=_show)
     return parser
 
 

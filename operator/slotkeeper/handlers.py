@@ -67,10 +67,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # The operator writes its own Events; kopf's per-handler log lines would only add noise and writes.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 10 * 60
-    settings.batching.worker_limit = int(os.environ.get("SLOTKEEPER_WORKER_LIMIT", "100"))
-    settings.batching.idle_timeout = float(os.environ.get("SLOTKEEPER_IDLE_TIMEOUT", "2"))
+    settings.queueing.worker_limit = int(os.environ.get("SLOTKEEPER_WORKER_LIMIT", "100"))
+    settings.queueing.idle_timeout = float(os.environ.get("SLOTKEEPER_IDLE_TIMEOUT", "2"))
     if getattr(memo, "cluster", None) is None:
-        memo.cluster = Cluster(build_api_client())
+        # Tests hand in a client configuration for their API double; a real install loads its own.
+        config = getattr(memo, "kube_config", None)
+        memo.cluster = Cluster(ApiClient(config) if config is not None else build_api_client())
     if getattr(memo, "wakeups", None) is None:
         memo.wakeups = Wakeups()
     if getattr(memo, "http", None) is None:  # for checks: scrapes, Prometheus, validation requests
