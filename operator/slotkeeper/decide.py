@@ -39,6 +39,8 @@ ACTION_PREFIX = "slotkeeper.io/"
 MANUAL_ACTIONS = ("promote", "abort", "retry", "pause", "resume")
 # Steps in which the candidate is checked (validation requests, metric checks).
 CHECKED_STEPS = ("Validating", "Canary", "Analysing")
+# Steps before the candidate gets any traffic: the endpoint selects the stable slot alone.
+PRE_TRAFFIC_STEPS = ("Deploying", "Validating", "AwaitingPromotion")
 # During canary steps the endpoint Service selects every slot; the share follows the ready pods.
 BOTH_SLOTS = "*"
 
@@ -169,7 +171,34 @@ def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gate
         _rollout(step, revision)
 
     _report_slots_and_traffic(step)
+    _write_ahead(step, endpoint.status)
     return step.decision()
+
+
+# Status fields that only report what is observed; everything else is what the operator remembers.
+REPORTED_FIELDS = ("slots", "traffic", "traffic_summary")
+
+
+def _write_ahead(step: _Step, before: ModelEndpointStatus) -> None:
+    """Traffic follows durable status, never the other way round.
+
+    A pass that changes what status remembers (a new step, a verdict, a revert) and also wants to move
+    the selector keeps the move, and the replica changes queued after it, for the next pass: once the
+    status is written. A restart between the two then finds the decision in status and makes the same
+    move (or finds it made); it can never move traffic on a decision it has forgotten, which could
+    switch twice or hand traffic back to a candidate that had just failed. Costs one status write.
+    """
+    remembered = step.status.model_dump(exclude=set(REPORTED_FIELDS))
+    switch_at = next((i for i, a in enumerate(step.actions) if isinstance(a, SwitchTraffic)), None)
+    if switch_at is None:
+        return
+    if remembered != before.model_dump(exclude=set(REPORTED_FIELDS)):
+        step.actions = step.actions[:switch_at] + [a for a in step.actions[switch_at:] if isinstance(a, EmitEvent)]
+        step.wake_ups.append(0.0)
+        return
+    selector = step.actions[switch_at].selector
+    where = selector.get(LABEL_SLOT, "every slot (canary)")
+    step.actions.insert(switch_at + 1, EmitEvent("Normal", "TrafficSwitched", f"endpoint now selects {where}"))
 
 
 # ---------------------------------------------------------------------------------------- cases
@@ -306,6 +335,8 @@ def _rollout(step: _Step, revision: str) -> None:
         rollout = _new_rollout(step, revision, other_slot(active))
         step.update(scale_down=None)
 
+    if rollout.step in PRE_TRAFFIC_STEPS:
+        step.want_selector(active)  # before the candidate slot changes: it may have held traffic
     step.want_deployment(rollout.slot, revision, _candidate_replicas(step, rollout))
     step.update(phase="Progressing")
     _record_verdicts(step, rollout)
@@ -388,13 +419,14 @@ def _canary(step: _Step, rollout: Rollout, active: str) -> Rollout | None:
     while rollout.canary_step < len(canary.steps):
         current = canary.steps[rollout.canary_step]
         position = f"step {rollout.canary_step + 1}/{len(canary.steps)}"
+        weight = _canary_weight(canary, rollout.canary_step)
+        step.want_selector(BOTH_SLOTS if weight > 0 else active)
         if current.set_weight is not None and current.set_weight < 100:
             stable_n, candidate_n = replicas_for_weight(replicas, current.set_weight)
             candidate_ready = step.observed.slot(rollout.slot).fully_ready(rollout.revision) and \
                 step.observed.slot(rollout.slot).replicas == candidate_n
             # The stable slot shrinks only once the candidate's pods for this weight are ready.
             step.want_replicas(active, stable_n if candidate_ready else max(stable_n, step.observed.slot(active).replicas))
-            step.want_selector(BOTH_SLOTS if current.set_weight > 0 else active)
             if not candidate_ready or step.observed.slot(active).replicas != stable_n:
                 deadline = parse_time(rollout.step_started_at) + timedelta(seconds=spec.checks.progress_deadline_seconds)
                 if step.now >= deadline:
@@ -438,7 +470,10 @@ def _analyse(step: _Step, rollout: Rollout, active: str) -> None:
         rollout = rollout.model_copy(update={"switched_at": step.now_text})
         step.update(rollout=rollout)
     if step.want_selector(rollout.slot):
-        step.event("Normal", "TrafficSwitched", f"endpoint now selects slot {rollout.slot} (revision {revision})")
+        # Analysis counts once traffic has really moved: look again right after the switch.
+        step.condition("Progressing", True, "Analysing", f"switching traffic to slot {rollout.slot}")
+        step.wake_ups.append(0.0)
+        return
     if "promote" in step.requested:
         _promote(step, rollout, active, "PromotedManually")
         return
@@ -453,15 +488,22 @@ def _analyse(step: _Step, rollout: Rollout, active: str) -> None:
     _promote(step, rollout, active, "AnalysisPassed")
 
 
+def _canary_weight(canary, index: int) -> int:
+    """The weight in force at canary step ``index``: the last setWeight at or before it (0 before any)."""
+    weights = [s.set_weight for s in canary.steps[:index + 1] if s.set_weight is not None]
+    return weights[-1] if weights else 0
+
+
 def _candidate_replicas(step: _Step, rollout: Rollout) -> int:
     """Full size, except during a canary: the pods the current (or first) weight needs, at least one."""
     replicas, canary = step.spec.serving.replicas, step.spec.strategy.canary
     if canary is None or rollout.step == "Analysing":
         return replicas
-    weights = [s.set_weight for s in canary.steps if s.set_weight is not None]
-    done = [s.set_weight for s in canary.steps[:rollout.canary_step + 1] if s.set_weight is not None]
-    weight = done[-1] if rollout.step == "Canary" and done else next((w for w in weights if w > 0), 100)
-    return max(1, replicas_for_weight(replicas, weight)[1])
+    if rollout.step == "Canary":
+        weight = _canary_weight(canary, rollout.canary_step)
+    else:  # before traffic: enough pods for the first weight, and at least one to validate
+        weight = next((s.set_weight for s in canary.steps if s.set_weight), 100)
+    return max(1, replicas_for_weight(replicas, min(weight, 100))[1])
 
 
 def _record_verdicts(step: _Step, rollout: Rollout) -> None:

@@ -6,6 +6,11 @@ Fixtures: ``kmock`` (a ClusterEmulator on 127.0.0.1), ``k8s`` (async helpers), `
 control: other registry/settings/memo, clusterwide, stop & restart). Helpers & docs:
 ``kmock_cluster.py``. Objects must be created through the API (``k8s.*``); writes straight
 into ``kmock.objects`` produce no watch events. Wait with ``eventually()``, never fixed sleeps.
+Discoverable: kmock's bundled K3s builtins + the ModelEndpoint CRD; anything else (other CRDs)
+must be added (``kmock.resources[...] = kmock.ResourceInfo(...)``) before the operator starts,
+else kopf logs "Unresolved resources cannot be served" and never watches it.
+User-Agents tell the clients apart (for ``kmock.fail(..., lambda req: ...)`` or assertions):
+kopf ``kopf/1.45.2``, the official client ``OpenAPI-Generator/...``, ``k8s.*`` ``kmock/0.8 ...``.
 
 Facts (kopf 1.45.2, kmock 0.8). [V] = verified by a test in test_harness.py or an experiment;
 [S] = read from the source, not exercised.
@@ -19,7 +24,8 @@ Plain KMock (``kmock.KubernetesEmulator``), see ``test_raw_kmock_semantics``:
 * [V] kopf adds/removes finalizers with a JSON-patch that starts with
   ``test /metadata/resourceVersion``; KMock answers 500 (the path is missing), kopf retries per
   ``networking.error_backoffs`` and the object's handlers never run. => Plain KMock cannot host a
-  kopf operator with finalizers (= any ``on.delete``/``on.create``...) as is.
+  kopf operator whose objects need kopf's finalizer ([S] any non-optional ``on.delete``, any
+  ``daemon`` or ``timer``) as is; merge-patches (annotations, /status) do work there.
 * [V] ``GET /api/v1/namespaces`` crashes KMock's URL parser (500); kopf lists namespaces when it
   serves ``namespaces=[...]`` with scanning on => the harness sets ``scanning.disabled = True``
   (the exact namespaces are used; CRDs are not watched, the group discovery still happens).
@@ -79,6 +85,9 @@ kopf against the harness:
   ``kopf.operator()`` waits 5 s at exit for every task created after it started (KMock's server
   connections, [S] the test's own task if it awaits the stop) and then cancels them; the harness
   runs ``kopf.spawn_tasks``+``kopf.run_tasks`` with only operator-created tasks as "hung" ones.
+  [V] A kopf race: an event processed during the shutdown can (re)spawn a daemon/timer after the
+  daemon killer has run; kopf waits 5 s for it, then cancels it (in prod: +5 s pod shutdown, and
+  daemons must tolerate cancellation). ``handle.stop()`` sets such late daemons' ``stopped``.
   [S] Cancelling instead of the stop-flag arms a SIGKILL after
   ``process.ultimate_exiting_timeout`` (disabled here). [V] kopf grabs SIGINT/SIGTERM; the
   harness gives them back to pytest. An operator crash fails ``wait_ready``/teardown.

@@ -364,7 +364,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         old: dict[str, Any] = copy.deepcopy(self._objects[key].raw)
         old_meta = old.get('metadata', {})
         data = request.data
-        headers = {key.lower(): val for key, val in request.headers.items()}
+        headers = {name.lower(): value for name, value in request.headers.items()}
         content_type = headers.get('content-type', '').split(';')[0].strip().lower()
 
         if replace:

@@ -59,7 +59,8 @@ async def test_pods_error_ratio_above_max_reverts_and_status_names_check_and_val
         pod.serve(10, 0.02, "success").serve(5, 0.02, "failure")  # a third of the requests fail
 
         await eventually(lambda: status(k8s).get("phase") == "RolledBack", timeout=10, message="reverted")
-        assert selector(k8s)[SLOT] == "blue"
+        # The revert is written to status first, then the selector follows (write-ahead).
+        await eventually(lambda: selector(k8s)[SLOT] == "blue", message="traffic back on stable")
         (check,) = status(k8s)["checks"]
         assert (check["name"], check["verdict"], check["revision"]) == ("errors", "Fail", revision)
         assert abs(check["lastValue"] - 5 / 15) < 1e-9
@@ -90,7 +91,7 @@ async def test_prometheus_check_substitutes_slot_and_reverts_on_max(operator, k8
         await eventually(lambda: status(k8s).get("phase") == "RolledBack", timeout=10, message="reverted")
         revision = status(k8s)["failedRevision"]
         assert f'slot="green",revision="{revision}"' in queries[0]
-        assert selector(k8s)[SLOT] == "blue"
+        assert selector(k8s)[SLOT] == "blue"  # the check failed before the candidate had traffic
         assert "0.9" in condition(k8s, "RolledBack")["message"]
         assert status(k8s)["checks"][0]["lastValue"] == 0.9
     finally:

@@ -3,7 +3,7 @@ what a user would see: the endpoint selector, the slot Deployments, status and E
 
 from __future__ import annotations
 
-from slotkeeper.actions import ApplyDeployment, CreateService, ScaleDeployment, SwitchTraffic
+from slotkeeper.actions import ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
 from slotkeeper.render import LABEL_REVISION
 
 from .world import World
@@ -14,10 +14,21 @@ NEWER_URI = "file:///models/credit/3/model.joblib"
 
 def deployed_world(**spec) -> World:
     world = World()
-    world.step()
-    world.make_ready("blue")
-    world.step()
+    world.settle()
     return world
+
+
+def test_traffic_moves_only_after_the_decision_is_in_status():
+    world = World()
+    world.single_step()
+    world.make_ready("blue")
+    first = world.single_step()
+    assert first.requeue_after == 0
+    assert not [a for a in first.actions if isinstance(a, SwitchTraffic)]
+    assert world.status.stable_revision is not None  # the decision is remembered...
+    second = world.single_step()
+    assert [a for a in second.actions if isinstance(a, SwitchTraffic)]  # ...then carried out
+    assert world.selected_slot() == "blue"
 
 
 def revision_in(world: World, slot: str) -> str:
@@ -26,6 +37,11 @@ def revision_in(world: World, slot: str) -> str:
 
 def condition(world: World, type: str):
     return next(c for c in world.status.conditions if c.type == type)
+
+
+def first_change(decision):
+    """The first action that changes an object (Events aside)."""
+    return next(a for a in decision.actions if not isinstance(a, EmitEvent))
 
 
 # ---------------------------------------------------------------------------------- first deploy
@@ -136,6 +152,7 @@ def test_candidate_ready_switches_selector_once():
     # Still analysing: the old slot keeps full size and the next step switches nothing.
     assert not [a for a in world.step().actions if isinstance(a, (SwitchTraffic, ScaleDeployment))]
     assert world.switches == 2  # the first selection of blue, then this switch
+    assert [e.reason for e in decision.actions if isinstance(e, EmitEvent)] == ["TrafficSwitched"]
 
 
 def test_candidate_not_ready_keeps_waiting_and_polls():
@@ -231,8 +248,8 @@ def test_image_pull_error_after_switch_reverts_selector_first():
     world.crash("green", reason="ImagePullBackOff")
     decision = world.step()
 
-    assert isinstance(decision.actions[0], SwitchTraffic)
-    assert decision.actions[0].selector["slotkeeper.io/slot"] == "blue"
+    assert isinstance(first_change(decision), SwitchTraffic)
+    assert first_change(decision).selector["slotkeeper.io/slot"] == "blue"
     assert world.selected_slot() == "blue"
     assert world.status.active_slot == "blue"
 

@@ -53,13 +53,28 @@ class World:
     def decide(self, gates: Gates = Gates()) -> Decision:
         return decide_next_step(self.endpoint(), self.observed(), self.now, gates)
 
-    def step(self, gates: Gates = Gates()) -> Decision:
-        """One reconcile: decide, apply every action, store the status."""
+    def single_step(self, gates: Gates = Gates()) -> Decision:
+        """One reconcile pass: decide, apply every action, store the status."""
         decision = self.decide(gates)
         for action in decision.actions:
             self.apply(action)
         self.status = decision.status
         return decision
+
+    def step(self, gates: Gates = Gates()) -> Decision:
+        """A pass plus the passes it asks for at once (requeue 0), as the reconcile loop runs them:
+        a decision that moves traffic is written first and carried out by the next pass."""
+        decision = self.single_step(gates)
+        actions = list(decision.actions)
+        for _ in range(5):
+            if decision.requeue_after != 0:
+                break
+            before = self.status
+            decision = self.single_step()
+            actions += decision.actions
+            if not decision.actions and self.status == before:
+                break
+        return Decision(status=self.status, actions=actions, requeue_after=decision.requeue_after)
 
     def apply(self, action) -> None:
         if isinstance(action, ApplyDeployment):
