@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class Cluster:
-    def __init__(self, api_client: ApiClient, max_workers: int = 8) -> None:
+    def __init__(self, api_client: ApiClient, max_workers: int = 8,
+                 request_timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
         self.api_client = api_client
+        self.request_timeout = request_timeout
         self.core = CoreV1Api(api_client)
         self.apps = AppsV1Api(api_client)
         self.custom = CustomObjectsApi(api_client)
@@ -39,7 +41,7 @@ class Cluster:
 
     async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("_preload_content", False)
-        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+        kwargs.setdefault("_request_timeout", self.request_timeout)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: method(*args, **kwargs))
 

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import kopf
 import kubernetes
+import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
@@ -29,6 +30,7 @@ from .render import LABEL_ENDPOINT, LABEL_MANAGED_BY, MANAGED_BY
 
 OWNED = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_ENDPOINT: kopf.PRESENT}
 MAX_BACKOFF_SECONDS = 60.0
+DEFAULT_BACKOFF_SECONDS = 0.5
 
 log = logging.getLogger("slotkeeper")
 
@@ -133,7 +135,7 @@ async def reconcile_endpoint(
         post_event=lambda **event: kopf.event(body, **event),
         checks=CheckRunner(memo.http, **({"slot_url": memo.slot_url} if getattr(memo, "slot_url", None) else {})),
     )
-    failures = 0
+    backoff = RetryBackoff(base=getattr(memo, "retry_backoff", DEFAULT_BACKOFF_SECONDS))
     try:
         while not stopped:
             wakeup.clear()
@@ -143,22 +145,50 @@ async def reconcile_endpoint(
                 pods=list(slot_pods.get(key, [])),
                 services=dict(endpoint_services.get(key, [])),
             )
-            try:
-                delay = await reconciler.reconcile(body, sources)
-                failures = 0
-            except ApiException as error:
-                failures += 1
-                delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** failures)
-                # The status code and reason only: a response body may echo what we sent.
-                log.warning("%s/%s: API error %s %s; retrying in %.1fs", namespace, name,
-                            error.status, error.reason, delay)
-            except Exception:  # a bug must not stop the endpoint for good; the next pass decides afresh
-                failures += 1
-                delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** failures)
-                log.exception("%s/%s: reconcile failed; retrying in %.1fs", namespace, name, delay)
+            delay = await _reconcile_pass(reconciler, body, sources, backoff)
             await _sleep(wakeup, stopped, delay)
     finally:
         memo.wakeups.unregister(namespace, name)
+
+
+async def _reconcile_pass(
+    reconciler: EndpointReconciler, body: kopf.Body, sources: ObservedSources, backoff: RetryBackoff,
+) -> float:
+    """One pass; the seconds until the next. A failed pass backs off, from the start again when it
+    still got further than the one before (it wrote something)."""
+    writes_before = reconciler.writes_done
+    try:
+        delay = await reconciler.reconcile(body, sources)
+    except ApiException as error:
+        # The status code and reason only: a response body may echo what we sent.
+        problem = f"API error {error.status} {error.reason}"
+    except (urllib3.exceptions.HTTPError, OSError) as error:  # timeouts, refused connections
+        problem = f"API unreachable ({type(error).__name__})"
+    except Exception:  # a bug must not stop the endpoint for good; the next pass decides afresh
+        log.exception("%s/%s: reconcile failed", reconciler.namespace, reconciler.name)
+        problem = "unexpected error"
+    else:
+        backoff.reset()
+        return delay
+    if reconciler.writes_done > writes_before:
+        backoff.reset()
+    delay = backoff.next()
+    log.warning("%s/%s: %s; retrying in %.1fs", reconciler.namespace, reconciler.name, problem, delay)
+    return delay
+
+
+class RetryBackoff:
+    """Exponential back-off for failed passes: base, 2 base, 4 base, ... up to MAX_BACKOFF_SECONDS."""
+
+    def __init__(self, base: float) -> None:
+        self.base, self.failures = base, 0
+
+    def next(self) -> float:
+        self.failures += 1
+        return min(MAX_BACKOFF_SECONDS, self.base * 2 ** (self.failures - 1))
+
+    def reset(self) -> None:
+        self.failures = 0
 
 
 async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:

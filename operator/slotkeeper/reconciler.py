@@ -57,6 +57,7 @@ class EndpointReconciler:
     # The status as last written: the watch may lag behind our own patch.
     written_status: dict[str, Any] | None = None
     recent_writes: RecentWrites = field(default_factory=RecentWrites)
+    writes_done: int = 0  # successful writes so far: a failed pass that wrote something made progress
 
     async def reconcile(self, body: Mapping[str, Any], sources: ObservedSources) -> float:
         """One pass. Returns the seconds until the next pass is due without any event."""
@@ -80,6 +81,7 @@ class EndpointReconciler:
         for action in decision.actions:
             await self.cluster.apply(self.namespace, self.name, action, self.post_event)
             self.recent_writes.remember(self.name, action, observed)
+            self.writes_done += 1
         await self._write_status(current_status, decision.status.to_api())
         return decision.requeue_after if decision.requeue_after is not None else IDLE_RESYNC_SECONDS
 
@@ -98,6 +100,7 @@ class EndpointReconciler:
         patch = merge_patch(owned_old, new)
         if patch:
             await self.cluster.patch_status(self.namespace, self.name, patch)
+            self.writes_done += 1
         self.written_status = {**old, **new}
         for key in owned_old.keys() - new.keys():
             self.written_status.pop(key, None)

@@ -161,6 +161,8 @@ class Fault:
     reason: str
     message: str
     remaining: int | None  # None = forever
+    delay: float = 0.0  # seconds to hold the answer: longer than the client's timeout = a timeout
+    after_write: bool = False  # carry the write out, then hold the normal answer for ``delay``
     hits: list[kmock.Request] = dataclasses.field(default_factory=list)
     owner: ClusterEmulator | None = None
 
@@ -234,7 +236,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # ---- public API ------------------------------------------------------------------------
 
     def fail(self, *criteria: Any, status: int = 409, times: int | None = 1,
-             reason: str | None = None, message: str | None = None) -> Fault:
+             reason: str | None = None, message: str | None = None,
+             delay: float = 0.0, after_write: bool = False) -> Fault:
         """
         Answer the matching requests with a K8s ``Status`` error, store untouched.
 
@@ -242,14 +245,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         ``kmock.fail('patch', DEPLOYMENTS, kmock.name('x'), status=409, times=2)``,
         ``kmock.fail('create v1/services')`` or ``kmock.fail('patch', kmock.resource('v1/pods'))``
         (a bare ``'v1/pods'`` string is a text filter in kmock, not a resource).
-        ``times=None`` fails forever.
+        ``times=None`` fails forever. ``delay`` holds the answer that long (a client timeout when it
+        is longer than the client waits); with ``after_write=True`` the write is carried out and
+        only its answer is held: the client cannot know whether its write happened.
         """
         view: kmock.View = self
         for criterion in criteria:
             view = view[criterion]
         fault = Fault(view=view, status=status, reason=reason or _REASONS.get(status, 'Failure'),
                       message=message or f"Injected fault: HTTP {status}",
-                      remaining=times, owner=self)
+                      remaining=times, delay=delay, after_write=after_write, owner=self)
         self.faults.append(fault)
         return fault
 
@@ -289,11 +294,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if request.resource is None:  # discovery & other non-resource URLs
             return await super()._handle(request)
 
+        held = 0.0
         for fault in list(self.faults):
             if fault.active and request in fault.view:
                 fault.hits.append(request)
                 if fault.remaining is not None:
                     fault.remaining -= 1
+                if fault.after_write:
+                    held = fault.delay
+                    break
+                await asyncio.sleep(fault.delay)
                 return aiohttp.web.json_response({
                     'apiVersion': 'v1', 'kind': 'Status', 'metadata': {}, 'status': 'Failure',
                     'code': fault.status, 'reason': fault.reason, 'message': fault.message,
@@ -311,6 +321,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             elif request.action == kmock.action.DELETE and request.name is not None:
                 gc_key = await self._do_delete(request)
         try:
+            if held:
+                await asyncio.sleep(held)
             # Skip KubernetesEmulator._handle (its store logic is replaced above); go to the reactions.
             return await _kmock_apps.RawHandler._handle(self, request)
         finally:

@@ -96,3 +96,37 @@ async def test_prometheus_check_substitutes_slot_and_reverts_on_max(operator, k8
         assert status(k8s)["checks"][0]["lastValue"] == 0.9
     finally:
         await server.close()
+
+
+async def test_validation_request_with_wrong_answer_keeps_traffic_on_stable(run_operator, operator_registry,
+                                                                              operator_settings, k8s):
+    import kopf
+
+    requests: list[dict] = []
+
+    async def infer(request: web.Request) -> web.Response:
+        requests.append(await request.json())
+        return web.json_response({"model_name": "credit", "outputs": [
+            {"name": "predict", "shape": [1], "datatype": "FP64", "data": [0.0]}]})
+
+    server = await start_server([web.post("/v2/models/credit/infer", infer)])
+    base = str(server.make_url("")).rstrip("/")
+    try:
+        # The candidate's slot Service is this loopback server.
+        await run_operator(operator_registry, settings=operator_settings,
+                           memo=kopf.Memo(slot_url=lambda namespace, endpoint, slot: base))
+        await healthy_endpoint(k8s)
+        smoke = {"name": "smoke", "request": {"inputs": [
+                     {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3, 4]}]},
+                 "expect": {"status": 200, "outputs": [{"name": "predict", "data": [1.0]}]}}
+        await k8s.patch_endpoint("credit", {"model": NEW_MODEL, "checks": {**FAST_CHECKS, "validation": [smoke]}},
+                                 namespace="default")
+        await ready(k8s, "green")
+        await eventually(lambda: status(k8s).get("phase") == "RolledBack", timeout=10, message="reverted")
+        rolled_back = condition(k8s, "RolledBack")
+        assert rolled_back["reason"] == "ValidationFailed"
+        assert 'validation "smoke"' in rolled_back["message"] and "expected 1" in rolled_back["message"]
+        assert requests == [smoke["request"]]
+        assert selector(k8s)[SLOT] == "blue"
+    finally:
+        await server.close()
