@@ -10,6 +10,7 @@ input when it runs against an apiserver that skipped them (e.g. an old CRD).
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -43,7 +44,9 @@ FREE_FORM = {"x-kubernetes-preserve-unknown-fields": True}
 
 
 class ApiModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+    # strict: "yes" is not a boolean and "2" not a number, exactly as the CRD schema says.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+                              strict=True)
 
     def to_api(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -56,8 +59,16 @@ def default_serving_image() -> str:
 # ---------------------------------------------------------------------------------------------- spec
 
 
+PVC_URI = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/\S+$"
+
+
 class ModelSource(ApiModel):
     """What is served. Together with ``serving`` it defines the revision."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        (f"!self.uri.startsWith('pvc://') || self.uri.matches('{PVC_URI}')",
+         "a pvc:// uri names a claim and a path in it: pvc://<claim>/<path>"),
+    ))
 
     name: str = Field(
         min_length=1, max_length=63, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$",
@@ -71,6 +82,12 @@ class ModelSource(ApiModel):
     format: Literal["sklearn", "score-py"] = Field(
         "sklearn", description="sklearn: a joblib/pickle file. score-py: an Azure ML style score.py with init()/run().",
     )
+
+    @model_validator(mode="after")
+    def _pvc_has_claim_and_path(self) -> ModelSource:
+        if self.uri.startswith("pvc://") and not re.match(PVC_URI, self.uri):
+            raise ValueError("a pvc:// uri names a claim and a path in it: pvc://<claim>/<path>")
+        return self
 
 
 class EnvVar(ApiModel):

@@ -6,11 +6,13 @@ the endpoint may have changed, and again after the delay it returns.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from .api import ModelEndpointSpec, ModelEndpointStatus
@@ -46,6 +48,15 @@ def spec_error(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def api_message(error: ApiException, limit: int = 400) -> str:
+    """The apiserver's own words from a Status body (they name the field), shortened."""
+    try:
+        message = json.loads(error.body or "{}").get("message") or error.reason
+    except (ValueError, AttributeError):
+        message = error.reason
+    return str(message)[:limit]
+
+
 @dataclass
 class EndpointReconciler:
     namespace: str
@@ -79,7 +90,14 @@ class EndpointReconciler:
         gates = await self.checks.run(endpoint, observed, now) if self.checks else Gates()
         decision = decide_next_step(endpoint, observed, now, gates)
         for action in decision.actions:
-            await self.cluster.apply(self.namespace, self.name, action, self.post_event)
+            try:
+                await self.cluster.apply(self.namespace, self.name, action, self.post_event)
+            except ApiException as error:
+                if error.status != 422:  # Invalid: only the spec can fix it, retrying cannot
+                    raise
+                await self._report_invalid_spec(meta, current_status, f"the API refused an object rendered from "
+                                                                      f"the spec: {api_message(error)}")
+                return IDLE_RESYNC_SECONDS
             self.recent_writes.remember(self.name, action, observed)
             self.writes_done += 1
         await self._write_status(current_status, decision.status.to_api())

@@ -41,7 +41,7 @@ def cel_errors(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
     for rule in schema.get("x-kubernetes-validations", []):
         result = compile_rule(rule["rule"]).evaluate({"self": celpy.json_to_cel(value)})
         if result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
-            errors.append(f"{path or '<root>'}: {rule['message']}")
+            errors.append(f"{path.lstrip('.') or '<root>'}: {rule['message']}")
     if isinstance(value, dict):
         for name, child in (schema.get("properties") or {}).items():
             if name in value:

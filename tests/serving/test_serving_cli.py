@@ -1,0 +1,147 @@
+"""The real CLI in a subprocess: flags, environment variables, SIGTERM, several workers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from slotkeeper_serving.config import MiB, ConfigError, Settings, settings_from_env
+
+
+def test_console_script_with_flags(spawn_server, model_files, trained, make_body):
+    script = Path(sys.executable).with_name("slotkeeper-serve")
+    assert script.exists(), "pip install -e ./serving-image provides the slotkeeper-serve console script"
+    server = spawn_server(["--model-uri", f"file://{model_files['logreg']}", "--model-name", "credit"], executable=[str(script)])
+    rows = np.random.RandomState(9).randn(3, 4)
+    response = httpx.post(server.base_url + "/v2/models/credit/infer", json=make_body(rows))
+    assert response.status_code == 200
+    assert response.json()["outputs"][0]["data"] == trained("logreg").predict(rows).tolist()
+
+
+def test_environment_variables(spawn_server, score_py_dirs, tmp_path, make_body):
+    env = {
+        "SLOTKEEPER_MODEL_URI": str(score_py_dirs["azureml"]),
+        "SLOTKEEPER_MODEL_NAME": "envmodel",
+        "SLOTKEEPER_MODEL_FORMAT": "score-py",
+        "SLOTKEEPER_MODEL_VERSION": "deadbeef",
+        "SLOTKEEPER_MAX_REQUEST_BYTES": "2000",
+        "SLOTKEEPER_WORKERS": "1",
+        "SLOTKEEPER_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    server = spawn_server([], env=env)
+    meta = httpx.get(server.base_url + "/v2/models/envmodel").json()
+    assert (meta["platform"], meta["versions"]) == ("azureml-score-py", ["deadbeef"])
+    small = httpx.post(server.base_url + "/v2/models/envmodel/infer", json=make_body([[1.0, 2.0, 3.0, 4.0]]))
+    assert small.status_code == 200 and small.json()["model_version"] == "deadbeef"
+    big = httpx.post(server.base_url + "/v2/models/envmodel/infer", json=make_body([[1.0, 2.0, 3.0, 4.0]] * 200))
+    assert big.status_code == 413
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert 'slotkeeper_requests_total{model="envmodel",outcome="failure",version="deadbeef"} 1.0' in metrics
+    assert (tmp_path / "cache").is_dir()
+
+
+def test_flags_override_environment(spawn_server, model_files):
+    server = spawn_server(["--model-name", "from-flag"], env={"SLOTKEEPER_MODEL_URI": str(model_files["logreg"]), "SLOTKEEPER_MODEL_NAME": "from-env"})
+    assert httpx.get(server.base_url + "/v2/models/from-flag/ready").status_code == 200
+    assert httpx.get(server.base_url + "/v2/models/from-env/ready").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        ([], {}, "a model URI is required"),
+        (["--model-uri", "m.joblib"], {"SLOTKEEPER_PORT": "eighty"}, "SLOTKEEPER_PORT must be an integer"),
+        (["--model-uri", "m.joblib"], {"SLOTKEEPER_MODEL_FORMAT": "onnx"}, "model format must be one of"),
+        (["--model-uri", "m.joblib", "--model-name", "a/b"], {}, "must not contain '/'"),
+        (["--model-uri", "m.joblib", "--workers", "0"], {}, "workers must be >= 1"),
+    ],
+)
+def test_invalid_configuration_exits_2(args, env, message):
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLOTKEEPER_")}
+    result = subprocess.run([sys.executable, "-m", "slotkeeper_serving", *args], env={**clean, **env}, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_sigterm_finishes_in_flight_requests(spawn_server, score_py_dirs, wait_for):
+    server = spawn_server([], env={"SLOTKEEPER_MODEL_URI": str(score_py_dirs["inspect"]), "SLOTKEEPER_MODEL_NAME": "slow"})
+    url = server.base_url + "/v2/models/slow/infer"
+    body = {"inputs": [{"name": "mode", "shape": [2], "datatype": "INT64", "data": [6, 1500]}]}  # run() sleeps 1.5 s
+    results: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: results.append(httpx.post(url, json=body, timeout=20)))
+    thread.start()
+    wait_for(lambda: server.counts()["in_flight"] == 1, timeout=10, what="the request to be in flight")
+
+    server.process.send_signal(signal.SIGTERM)
+    thread.join(timeout=20)
+    assert results and results[0].status_code == 200
+    assert results[0].json()["outputs"] == [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [6]}]
+    # uvicorn re-raises the captured SIGTERM after its graceful shutdown (exit status 143 in a container).
+    assert server.process.wait(timeout=20) in (0, -signal.SIGTERM)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.base_url + "/v2/health/live", timeout=2)
+    log = server.log_text()
+    assert "Waiting for connections to close" in log or "Waiting for background tasks" in log or "Shutting down" in log
+
+
+def test_sigterm_during_a_stalled_download_exits_promptly(spawn_server, static_http):
+    base, _ = static_http
+    server = spawn_server([], env={"SLOTKEEPER_MODEL_URI": f"{base}/stall/model.joblib", "SLOTKEEPER_MODEL_NAME": "stalled"}, wait_ready=False)
+    assert httpx.get(server.base_url + "/v2/models/stalled").json()["state"] == "loading"
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=15)
+    # The download hangs for 5 s; exiting must not wait for it.
+    assert time.monotonic() - started < 3
+
+
+def test_several_workers_report_exact_totals(spawn_server, model_files, tmp_path, make_body):
+    cache = tmp_path / "cache"
+    server = spawn_server(["--workers", "2"], env={"SLOTKEEPER_MODEL_URI": str(model_files["logreg"]), "SLOTKEEPER_MODEL_NAME": "multi", "SLOTKEEPER_CACHE_DIR": str(cache)})
+    url = server.base_url + "/v2/models/multi/infer"
+    ok, bad = 60, 25
+    # A new connection per request so both workers get traffic.
+    for i in range(ok + bad):
+        body = make_body([[float(i), 0.0, 1.0, 2.0]]) if i < ok else {"inputs": "nope"}
+        response = httpx.post(url, json=body, headers={"connection": "close"})
+        assert response.status_code == (200 if i < ok else 400)
+    pids = {path.stem.rsplit("_", 1)[1] for path in (cache / "prometheus-multiproc").glob("counter_*.db")}
+    assert len(pids) == 2  # one file per worker process
+    for _ in range(6):  # any worker may answer a scrape: each must aggregate all
+        counts = server.counts()
+        assert (counts["success"], counts["failure"], counts["observed"], counts["in_flight"]) == (ok, bad, ok + bad, 0)
+
+
+def test_settings_defaults_and_environment_parsing(tmp_path):
+    settings = settings_from_env({"SLOTKEEPER_MODEL_URI": "/m"})
+    assert (settings.port, settings.workers, settings.max_request_bytes, settings.model_format) == (8080, 1, 16 * MiB, None)
+    parsed = settings_from_env(
+        {
+            "SLOTKEEPER_MODEL_URI": "/m",
+            "SLOTKEEPER_MODEL_NAME": "credit",
+            "SLOTKEEPER_MODEL_FORMAT": "Score-Py",
+            "SLOTKEEPER_MODEL_VERSION": "abc",
+            "SLOTKEEPER_PORT": "9000",
+            "SLOTKEEPER_WORKERS": "3",
+            "SLOTKEEPER_MAX_REQUEST_BYTES": "1_000",
+            "SLOTKEEPER_CACHE_DIR": str(tmp_path),
+            "SLOTKEEPER_FASTPATH": "false",
+            "SLOTKEEPER_HOST": "",  # empty means unset
+        }
+    )
+    assert parsed == Settings(
+        model_uri="/m", model_name="credit", model_format="score-py", model_version="abc", port=9000, workers=3, max_request_bytes=1000, cache_dir=tmp_path, fastpath=False
+    )
+    assert settings_from_env(parsed.to_env()) == parsed
+    with pytest.raises(ConfigError, match="SLOTKEEPER_FASTPATH"):
+        settings_from_env({"SLOTKEEPER_MODEL_URI": "/m", "SLOTKEEPER_FASTPATH": "maybe"})
