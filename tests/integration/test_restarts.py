@@ -1,0 +1,74 @@
+"""The operator process is stopped and started again at each step of a rollout. It resumes from
+status: it never switches traffic twice, never loses history, and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import pytest
+
+from kmock_cluster import eventually
+from test_operator import NEW_MODEL, SLOT, SPEC, deployment, ready, selector, status
+
+REVISION = "slotkeeper.io/revision"
+
+
+def traffic_switches(k8s) -> int:
+    return sum(1 for e in k8s.events_for("credit", namespace="default") if e["reason"] == "TrafficSwitched")
+
+
+async def start(run_operator, operator_registry, operator_settings):
+    return await run_operator(operator_registry, settings=operator_settings)
+
+
+@pytest.mark.parametrize("stop_at", ["candidate rendered", "candidate ready", "switched", "analysing"])
+async def test_restart_mid_rollout_resumes_to_the_same_end(run_operator, operator_registry, operator_settings,
+                                                           k8s, stop_at):
+    spec = {**SPEC, "checks": {"progressDeadlineSeconds": 60, "analysisSeconds": 2}}
+    operator = await start(run_operator, operator_registry, operator_settings)
+    await k8s.create_endpoint("credit", spec, namespace="default")
+    await ready(k8s, "blue")
+    await eventually(lambda: status(k8s).get("phase") == "Healthy")
+    await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
+    await eventually(lambda: deployment(k8s, "green"))
+
+    if stop_at == "candidate rendered":
+        await operator.stop()
+        await ready(k8s, "green")
+    elif stop_at == "candidate ready":
+        await ready(k8s, "green")
+        await operator.stop()
+    elif stop_at in ("switched", "analysing"):
+        await ready(k8s, "green")
+        await eventually(lambda: selector(k8s)[SLOT] == "green")
+        if stop_at == "analysing":
+            await eventually(lambda: (status(k8s).get("rollout") or {}).get("switchedAt"))
+        await operator.stop()
+    await start(run_operator, operator_registry, operator_settings)
+
+    await eventually(lambda: status(k8s).get("activeSlot") == "green" and status(k8s).get("phase") == "Healthy",
+                     timeout=10, message="promoted after the restart")
+    await eventually(lambda: deployment(k8s, "blue")["spec"]["replicas"] == 0, message="old slot scaled down")
+    assert selector(k8s)[SLOT] == "green"
+    assert [h["outcome"] for h in status(k8s)["history"]] == ["Promoted", "Promoted"]
+    assert traffic_switches(k8s) == 2  # blue selected once, green once: never twice
+
+
+async def test_restart_during_revert_finishes_the_revert(run_operator, operator_registry, operator_settings, k8s):
+    operator = await start(run_operator, operator_registry, operator_settings)
+    await k8s.create_endpoint("credit", {**SPEC, "checks": {"progressDeadlineSeconds": 60, "analysisSeconds": 600}},
+                              namespace="default")
+    await ready(k8s, "blue")
+    await eventually(lambda: status(k8s).get("phase") == "Healthy")
+    await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
+    await ready(k8s, "green")
+    await eventually(lambda: selector(k8s)[SLOT] == "green")
+    revision = deployment(k8s, "green")["spec"]["template"]["metadata"]["labels"][REVISION]
+    await operator.stop()
+    await k8s.create_pod("credit-green-1", namespace="default", waiting_reason="CrashLoopBackOff", labels={
+        "app.kubernetes.io/managed-by": "slotkeeper", "slotkeeper.io/endpoint": "credit", SLOT: "green",
+        REVISION: revision})
+    await start(run_operator, operator_registry, operator_settings)
+
+    await eventually(lambda: status(k8s).get("phase") == "RolledBack" and selector(k8s)[SLOT] == "blue",
+                     timeout=10, message="reverted after the restart")
+    assert [h["outcome"] for h in status(k8s)["history"]] == ["Promoted", "RolledBack"]
+    await eventually(lambda: deployment(k8s, "green")["spec"]["replicas"] == 1)
