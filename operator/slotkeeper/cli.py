@@ -19,6 +19,7 @@ def _run_operator(args: argparse.Namespace) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace or None,
         liveness_endpoint=args.liveness,
+        memo=kopf.Memo(namespaced=bool(args.namespace)),
     ))
     return 0
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from .api import Condition
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "RolledBack")
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "RolledBack", "Reconciling", "Stalled")
 
 
 def set_condition(

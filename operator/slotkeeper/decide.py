@@ -171,6 +171,7 @@ def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gate
         _rollout(step, revision)
 
     _report_slots_and_traffic(step)
+    _kstatus_conditions(step)
     _write_ahead(step, endpoint.status)
     return step.decision()
 
@@ -648,6 +649,16 @@ def _serving_conditions(step: _Step, active: str) -> None:
     step.condition("Degraded", True, "NoReadyReplicas", message)
     if step.status.phase == "Healthy":
         step.update(phase="Degraded")
+
+
+def _kstatus_conditions(step: _Step) -> None:
+    """Reconciling/Stalled: the two conditions kstatus (Flux, kpt, cli-utils) reads for health."""
+    phase = step.status.phase
+    step.condition("Reconciling", phase in ("Pending", "Progressing"), phase, f"phase {phase}")
+    stalled = phase in ("Degraded", "RolledBack")
+    reason = next((c.reason for c in step.status.conditions
+                   if c.type == ("RolledBack" if phase == "RolledBack" else "Degraded") and c.status == "True"), phase)
+    step.condition("Stalled", stalled, reason if stalled else phase, f"phase {phase}")
 
 
 def _report_slots_and_traffic(step: _Step) -> None:

@@ -65,6 +65,8 @@ def build_api_client() -> ApiClient:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
+    if getattr(memo, "namespaced", False):  # a Role cannot list namespaces or watch CRDs: do not try
+        settings.scanning.disabled = True
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # The operator writes its own Events; kopf's per-handler log lines would only add noise and writes.
     settings.posting.level = logging.WARNING

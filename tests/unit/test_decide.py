@@ -367,3 +367,16 @@ def test_paused_spec_holds_everything():
 
     assert not [a for a in decision.actions if not isinstance(a, CreateService)]
     assert world.status.phase == "Paused"
+
+
+def test_kstatus_conditions_follow_the_phase():
+    world = deployed_world()
+    assert (condition(world, "Reconciling").status, condition(world, "Stalled").status) == ("False", "False")
+    world.change_spec(uri=NEW_URI)
+    world.step()
+    assert condition(world, "Reconciling").status == "True"
+    world.crash("green")
+    world.step()
+    stalled = condition(world, "Stalled")
+    assert (stalled.status, stalled.reason) == ("True", "PodFailure")
+    assert condition(world, "Reconciling").status == "False"
