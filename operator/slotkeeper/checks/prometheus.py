@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import aiohttp
 
+from .fetch import fetch_text
 from .verdicts import MetricUnavailable
 
 # Only these four names are templated; anything else in the query is sent as written.
@@ -64,14 +65,7 @@ async def query_prometheus(
     Raises MetricUnavailable when Prometheus cannot be reached or answers with an error.
     """
     url = f"{address.rstrip('/')}/api/v1/query"
-    try:
-        async with session.get(url, params={"query": query}, timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
-            text = await reply.text()
-            status = reply.status
-    except TimeoutError:
-        raise MetricUnavailable(f"prometheus at {address} did not answer within {timeout:g}s") from None
-    except aiohttp.ClientError as error:
-        raise MetricUnavailable(f"prometheus at {address} unreachable: {error}") from None
+    status, text = await fetch_text(session, url, timeout, who=f"prometheus at {address}", params={"query": query})
     try:
         body = json.loads(text)
     except ValueError:

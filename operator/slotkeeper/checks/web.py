@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 
+from .fetch import fetch_text
 from .verdicts import MetricUnavailable
 
 _MISSING = object()
@@ -27,14 +28,7 @@ async def fetch_web_value(session: aiohttp.ClientSession, url: str, json_path: s
     A number or a numeric string (Prometheus writes "0.5", "NaN") is a value. Raises MetricUnavailable
     for an unreachable URL, a non-2xx reply, a reply that is not JSON, a missing path or a non-number.
     """
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
-            text = await reply.text()
-            status = reply.status
-    except TimeoutError:
-        raise MetricUnavailable(f"{url} did not answer within {timeout:g}s") from None
-    except aiohttp.ClientError as error:
-        raise MetricUnavailable(f"{url} unreachable: {error}") from None
+    status, text = await fetch_text(session, url, timeout, who=url)
     if not 200 <= status < 300:
         raise MetricUnavailable(f"{url} answered {status}: {text[:200]!r}")
     try:
