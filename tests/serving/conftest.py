@@ -91,7 +91,7 @@ def trained(model_files) -> Callable[[str], Any]:
     return lambda name: joblib.load(model_files[name])
 
 
-AZUREML_SCORE_PY = '''
+AZUREML_SCORE_PY = """
 import json
 import os
 
@@ -110,11 +110,11 @@ def run(raw_data):
     data = np.array(json.loads(raw_data)["data"])
     result = model.predict(data)
     return result.tolist()
-'''
+"""
 
 # An entry script exercising every mapping rule, driven by the request's
 # first value (an INT64 "mode" tensor).
-INSPECTING_SCORE_PY = '''
+INSPECTING_SCORE_PY = """
 import json
 import os
 import threading
@@ -151,7 +151,7 @@ def run(raw_data):
     if mode == 7:
         return "plain text"
     return 42
-'''
+"""
 
 
 @pytest.fixture(scope="session")
@@ -315,7 +315,13 @@ def spawn_server(tmp_path_factory) -> Iterator[Callable[..., RunningServer]]:
     processes: list[subprocess.Popen] = []
     command = [sys.executable, "-m", "slotkeeper_serving"]
 
-    def spawn(args: list[str], *, env: dict[str, str] | None = None, wait_ready: bool = True, executable: list[str] | None = None) -> RunningServer:
+    def spawn(
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        executable: list[str] | None = None,
+    ) -> RunningServer:
         port = free_port()
         log_path = tmp_path_factory.mktemp("proc") / "server.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLOTKEEPER_", "PROMETHEUS_"))}
@@ -323,10 +329,18 @@ def spawn_server(tmp_path_factory) -> Iterator[Callable[..., RunningServer]]:
         full_env.setdefault("SLOTKEEPER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         full_env.update(env or {})
         with open(log_path, "wb") as log:
-            process = subprocess.Popen((executable or command) + args, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                (executable or command) + args, env=full_env, stdout=log, stderr=subprocess.STDOUT
+            )
         processes.append(process)
         base_url = f"http://127.0.0.1:{full_env['SLOTKEEPER_PORT']}"
-        handle = RunningServer(base_url, full_env.get("SLOTKEEPER_MODEL_NAME", "model"), full_env.get("SLOTKEEPER_MODEL_VERSION", ""), process=process, log_path=log_path)
+        handle = RunningServer(
+            base_url,
+            full_env.get("SLOTKEEPER_MODEL_NAME", "model"),
+            full_env.get("SLOTKEEPER_MODEL_VERSION", ""),
+            process=process,
+            log_path=log_path,
+        )
 
         def up() -> bool:
             if process.poll() is not None:
@@ -381,7 +395,9 @@ def static_http(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     server.server_close()
 
 
-def infer_body(rows: list[list[float]] | np.ndarray, datatype: str = "FP64", name: str = "input-0", **extra: Any) -> dict[str, Any]:
+def infer_body(
+    rows: list[list[float]] | np.ndarray, datatype: str = "FP64", name: str = "input-0", **extra: Any
+) -> dict[str, Any]:
     rows = np.asarray(rows).tolist()
     return {"inputs": [{"name": name, "shape": [len(rows), len(rows[0])], "datatype": datatype, "data": rows}], **extra}
 

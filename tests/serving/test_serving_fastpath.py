@@ -47,7 +47,9 @@ def fitted(kind: str):
         "lasso": lambda: Lasso(alpha=0.01).fit(X, target),
         "elasticnet": lambda: ElasticNet(alpha=0.01).fit(X, target),
         "pipeline-scaler-logreg": lambda: make_pipeline(StandardScaler(), LogisticRegression()).fit(X, three),
-        "pipeline-scaler-linreg": lambda: make_pipeline(StandardScaler(with_mean=False), LinearRegression()).fit(X, target),
+        "pipeline-scaler-linreg": lambda: make_pipeline(StandardScaler(with_mean=False), LinearRegression()).fit(
+            X, target
+        ),
     }[kind]()
 
 
@@ -97,7 +99,9 @@ class OverridingLogisticRegression(LogisticRegression):
         pytest.param(lambda X, y: DecisionTreeClassifier(random_state=0).fit(X, y), id="tree"),
         pytest.param(lambda X, y: RidgeClassifier().fit(X, y), id="ridge-classifier-overrides-predict"),
         pytest.param(lambda X, y: OverridingLogisticRegression().fit(X, y), id="subclass-overrides-predict"),
-        pytest.param(lambda X, y: make_pipeline(MinMaxScaler(), LogisticRegression()).fit(X, y), id="unsupported-transform"),
+        pytest.param(
+            lambda X, y: make_pipeline(MinMaxScaler(), LogisticRegression()).fit(X, y), id="unsupported-transform"
+        ),
         pytest.param(lambda X, y: LogisticRegression().fit(X, y).sparsify(), id="sparse-coef"),
     ],
 )
@@ -112,9 +116,14 @@ def test_a_disagreeing_fast_path_is_rejected_at_load_time():
     X, target = data()
     model = LinearRegression().fit(X, target)
     assert fastpath.first_disagreement(model, lambda X: X @ model.coef_ + model.intercept_, 4) is None
-    off_by_one_ulp = lambda X: np.nextafter(X @ model.coef_ + model.intercept_, np.inf)  # noqa: E731
+
+    def off_by_one_ulp(X):
+        return np.nextafter(X @ model.coef_ + model.intercept_, np.inf)
+
+    def wrong_dtype(X):
+        return (X @ model.coef_ + model.intercept_).astype(np.float32)
+
     assert "values differ" in fastpath.first_disagreement(model, off_by_one_ulp, 4)
-    wrong_dtype = lambda X: (X @ model.coef_ + model.intercept_).astype(np.float32)  # noqa: E731
     assert "float32" in fastpath.first_disagreement(model, wrong_dtype, 4)
 
 

@@ -84,7 +84,11 @@ def huge(rng: random.Random):
 
 
 def non_object(rng: random.Random):
-    return "non-object JSON", rng.choice([b"[]", b"[1, 2]", b"42", b"-0.5", b'"inputs"', b"null", b"true", b"false", b"[" * 50 + b"]" * 50]), 400
+    return (
+        "non-object JSON",
+        rng.choice([b"[]", b"[1, 2]", b"42", b"-0.5", b'"inputs"', b"null", b"true", b"false", b"[" * 50 + b"]" * 50]),
+        400,
+    )
 
 
 def missing_fields(rng: random.Random):
@@ -142,14 +146,29 @@ def test_a_thousand_malformed_requests(credit_server, make_body):
     statuses: Counter[tuple[str, int]] = Counter()
     for category, body, expected in malformed_requests():
         content = body() if callable(body) else body
-        response = credit_server.client.post(credit_server.infer_url(), content=content, headers={"content-type": "application/json"})
-        assert response.status_code == expected, (category, body if isinstance(body, bytes) else "<stream>", response.text)
+        response = credit_server.client.post(
+            credit_server.infer_url(), content=content, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == expected, (
+            category,
+            body if isinstance(body, bytes) else "<stream>",
+            response.text,
+        )
         error = response.json()["error"]
         assert isinstance(error, str) and error
         statuses[(category, response.status_code)] += 1
 
     assert sum(statuses.values()) == N_REQUESTS
-    assert {category for category, _ in statuses} == {"truncated JSON", "wrong shape", "wrong datatype", "huge (Content-Length)", "huge (chunked)", "non-object JSON", "missing fields", "other"}
+    assert {category for category, _ in statuses} == {
+        "truncated JSON",
+        "wrong shape",
+        "wrong datatype",
+        "huge (Content-Length)",
+        "huge (chunked)",
+        "non-object JSON",
+        "missing fields",
+        "other",
+    }
     assert credit_server.client.get("/v2/health/ready").status_code == 200
     after = credit_server.counts()
     assert after["failure"] - before["failure"] == N_REQUESTS
@@ -161,4 +180,3 @@ def test_a_thousand_malformed_requests(credit_server, make_body):
     # And it still answers correctly.
     response = credit_server.client.post(credit_server.infer_url(), json=make_body([[0.1, 0.2, 0.3, 0.4]]))
     assert response.status_code == 200
-

@@ -26,7 +26,14 @@ def test_metrics_count_exactly_the_infer_requests(start_server, model_files, mak
     assert client.post("/v2/models/other/infer", json=make_body(rows)).status_code == 404
     assert client.post("/v2/models/counted/versions/zzz/infer", json=make_body(rows)).status_code == 404
     assert client.get(server.infer_url()).status_code == 405
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/counted", "/v2/models/counted/ready", "/metrics"):
+    for path in (
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2",
+        "/v2/models/counted",
+        "/v2/models/counted/ready",
+        "/metrics",
+    ):
         assert client.get(path).status_code == 200
 
     after = server.counts()
@@ -67,7 +74,9 @@ def test_in_flight_gauge_counts_requests_being_handled(start_server, score_py_di
     server = start_server(score_py_dirs["inspect"], model_name="slowpoke")
     body = {"inputs": [{"name": "mode", "shape": [2], "datatype": "INT64", "data": [6, 600]}]}  # sleeps 600 ms
     results = []
-    thread = threading.Thread(target=lambda: results.append(httpx.post(server.base_url + server.infer_url(), json=body, timeout=10)))
+    thread = threading.Thread(
+        target=lambda: results.append(httpx.post(server.base_url + server.infer_url(), json=body, timeout=10))
+    )
     thread.start()
     wait_for(lambda: server.counts()["in_flight"] == 1, timeout=5, what="the request to be in flight")
     thread.join(timeout=10)

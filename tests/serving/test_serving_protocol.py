@@ -22,7 +22,9 @@ def tensor(data, shape, datatype="FP64", name="x"):
 
 
 def test_parse_full_request():
-    body = orjson.dumps({"id": "7", "parameters": {"a": 1}, "inputs": [tensor([1, 2, 3, 4], [2, 2])], "outputs": [{"name": "predict"}]})
+    body = orjson.dumps(
+        {"id": "7", "parameters": {"a": 1}, "inputs": [tensor([1, 2, 3, 4], [2, 2])], "outputs": [{"name": "predict"}]}
+    )
     request = parse_infer_request(body)
     assert request.id == "7"
     assert request.parameters == {"a": 1}
@@ -135,10 +137,22 @@ def test_empty_tensor_keeps_its_shape_and_dtype():
         (b'{"inputs": [{"shape": [1], "datatype": "FP64", "data": [1]}]}', "name must be a non-empty string"),
         (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64"}]}', "'data' is missing"),
         (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": 1}]}', "'data' must be an array"),
-        (b'{"id": 5, "inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}', "'id' must be a string"),
-        (b'{"parameters": [], "inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}', "'parameters' must be an object"),
-        (b'{"outputs": {}, "inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}', "'outputs' must be an array"),
-        (b'{"outputs": [{}], "inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}', "outputs\\[0\\]"),
+        (
+            b'{"id": 5, "inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}',
+            "'id' must be a string",
+        ),
+        (
+            b'{"parameters": [], "inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}',
+            "'parameters' must be an object",
+        ),
+        (
+            b'{"outputs": {}, "inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}',
+            "'outputs' must be an array",
+        ),
+        (
+            b'{"outputs": [{}], "inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}',
+            "outputs\\[0\\]",
+        ),
         (
             b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}, {"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]}',
             "unique",
@@ -183,4 +197,9 @@ def test_encode_non_finite_floats_as_null():
 def test_response_omits_empty_version_and_missing_id():
     outputs = [encode_tensor("predict", np.array([1]))]
     assert orjson.loads(encode_infer_response("m", "", None, outputs)) == {"model_name": "m", "outputs": outputs}
-    assert orjson.loads(encode_infer_response("m", "v", "i", outputs)) == {"model_name": "m", "model_version": "v", "id": "i", "outputs": outputs}
+    assert orjson.loads(encode_infer_response("m", "v", "i", outputs)) == {
+        "model_name": "m",
+        "model_version": "v",
+        "id": "i",
+        "outputs": outputs,
+    }

@@ -30,7 +30,9 @@ def test_unchanged_azureml_script_serves_its_model(start_server, score_py_dirs, 
     assert response.json() == {
         "model_name": "azure",
         "id": "a1",
-        "outputs": [{"name": "predict", "shape": [6], "datatype": "INT64", "data": trained("logreg").predict(rows).tolist()}],
+        "outputs": [
+            {"name": "predict", "shape": [6], "datatype": "INT64", "data": trained("logreg").predict(rows).tolist()}
+        ],
     }
 
 
@@ -59,7 +61,10 @@ def test_raw_data_keeps_the_first_inputs_shape_and_names_every_input():
             }
         ).encode()
     )
-    assert json.loads(azureml_raw_data(request)) == {"data": [[1.0, 2.0], [3.0, 4.0]], "inputs": {"a": [[1.0, 2.0], [3.0, 4.0]], "b": ["x"]}}
+    assert json.loads(azureml_raw_data(request)) == {
+        "data": [[1.0, 2.0], [3.0, 4.0]],
+        "inputs": {"a": [[1.0, 2.0], [3.0, 4.0]], "b": ["x"]},
+    }
     single = parse_infer_request(b'{"inputs": [{"name": "a", "shape": [1, 2], "datatype": "INT64", "data": [[7, 8]]}]}')
     assert json.loads(azureml_raw_data(single)) == {"data": [[7, 8]]}
 
@@ -96,7 +101,10 @@ def test_script_failures_are_500_with_a_reason_and_count_as_failures(inspect_ser
     assert inspect_server.client.get("/v2/health/ready").status_code == 200
 
 
-@pytest.mark.parametrize(("script", "reason"), [("broken_init", "init() failed: FileNotFoundError: model.onnx is missing"), ("no_run", "no run(raw_data)")])
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [("broken_init", "init() failed: FileNotFoundError: model.onnx is missing"), ("no_run", "no run(raw_data)")],
+)
 def test_script_that_cannot_start_is_never_ready(start_server, score_py_dirs, wait_for, script, reason):
     server = start_server(score_py_dirs[script], wait_ready=False, model_name=script)
     wait_for(lambda: server.app.slot.state != "loading", what="the load to end")
@@ -111,7 +119,13 @@ def test_script_that_cannot_start_is_never_ready(start_server, score_py_dirs, wa
     [
         ([1, 2], [{"name": "predict", "shape": [2], "datatype": "INT64", "data": [1, 2]}]),
         (np.array([[0.5], [1.5]]), [{"name": "predict", "shape": [2, 1], "datatype": "FP64", "data": [0.5, 1.5]}]),
-        ({"label": ["a"], "score": [0.9]}, [{"name": "label", "shape": [1], "datatype": "BYTES", "data": ["a"]}, {"name": "score", "shape": [1], "datatype": "FP64", "data": [0.9]}]),
+        (
+            {"label": ["a"], "score": [0.9]},
+            [
+                {"name": "label", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+                {"name": "score", "shape": [1], "datatype": "FP64", "data": [0.9]},
+            ],
+        ),
         ('{"predict": [true]}', [{"name": "predict", "shape": [1], "datatype": "BOOL", "data": [True]}]),
         ("[1.5]", [{"name": "predict", "shape": [1], "datatype": "FP64", "data": [1.5]}]),
         (b"[3]", [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [3]}]),

@@ -31,7 +31,11 @@ def test_local_forms(start_server, model_files, tmp_path, trained, make_body, fo
         shutil.copy(model_files["logreg"], tmp_path / "model.joblib")
         uri = str(tmp_path)
     else:
-        uri = {"file-uri": f"file://{model_files['logreg']}", "plain-path": str(model_files["logreg"]), "pickle": str(model_files["pickle"])}[form]
+        uri = {
+            "file-uri": f"file://{model_files['logreg']}",
+            "plain-path": str(model_files["logreg"]),
+            "pickle": str(model_files["pickle"]),
+        }[form]
     assert_serves_logreg(start_server(uri), trained, make_body)
 
 
@@ -123,7 +127,10 @@ def test_archive_size_limit(tmp_path):
 @pytest.mark.parametrize(
     ("uri", "shown"),
     [
-        ("https://user:pw@blob.example/models/m.joblib?sv=1&sig=abc", "https://blob.example/models/m.joblib?<redacted>"),
+        (
+            "https://user:pw@blob.example/models/m.joblib?sv=1&sig=abc",
+            "https://blob.example/models/m.joblib?<redacted>",
+        ),
         ("http://host:8080/m.joblib#frag", "http://host:8080/m.joblib"),
         ("file:///models/m.joblib", "file:///models/m.joblib"),
         ("/models/m.joblib", "/models/m.joblib"),

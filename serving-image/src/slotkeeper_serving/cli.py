@@ -1,0 +1,65 @@
+"""`slotkeeper-serve`: command-line flags over the SLOTKEEPER_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import ENV, FORMATS, ConfigError, settings_from_env
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slotkeeper-serve",
+        description="Serve one model over the Open Inference Protocol v2 (REST). "
+        "Every flag falls back to its environment variable, then to its default.",
+    )
+    add = parser.add_argument
+    add("--model-uri", help=f"file:///path, a plain path, or http(s):// URL [{ENV['model_uri']}]")
+    add("--model-name", help=f"name in the /v2/models/{{name}} routes (default: model) [{ENV['model_name']}]")
+    add("--model-format", choices=FORMATS, help=f"default: detected from the artifact [{ENV['model_format']}]")
+    add("--model-version", help=f"revision, reported in responses and metrics [{ENV['model_version']}]")
+    add("--host", help=f"bind address (default: 0.0.0.0) [{ENV['host']}]")
+    add("--port", type=int, help=f"default: 8080 [{ENV['port']}]")
+    add("--workers", type=int, help=f"worker processes (default: 1) [{ENV['workers']}]")
+    add("--max-request-bytes", type=int, help=f"request body limit (default: 16 MiB) [{ENV['max_request_bytes']}]")
+    add(
+        "--cache-dir",
+        help=f"writable directory for downloads and metric files (default: /tmp/slotkeeper) [{ENV['cache_dir']}]",
+    )
+    add(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help=f"default: info [{ENV['log_level']}]",
+    )
+    add(
+        "--fastpath",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"verified fast predict for linear models (default: on) [{ENV['fastpath']}]",
+    )
+    add("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        settings = settings_from_env(os.environ, overrides)
+    except ConfigError as exc:
+        print(f"slotkeeper-serve: {exc}", file=sys.stderr)
+        return 2
+
+    from .server import configure_logging, serve
+
+    configure_logging(settings.log_level)
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,281 @@
+"""Open Inference Protocol v2 (REST) request parsing and response encoding.
+
+Everything a client can get wrong raises a `ProtocolError` carrying the HTTP
+status to answer with, so bad input is never a 500. Functions are pure:
+bytes in, typed values (or bytes) out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+
+class ProtocolError(Exception):
+    """The request is wrong; `status` is the HTTP status to answer with."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class PayloadTooLarge(ProtocolError):
+    status = 413
+
+
+class NotFound(ProtocolError):
+    status = 404
+
+
+class NotReady(ProtocolError):
+    status = 503
+
+
+# datatype -> numpy dtype, and the numpy "kinds" that JSON data may arrive as
+# for it (np.array() on JSON numbers gives int64/uint64/float64, on strings
+# "U", on booleans "b"; anything else is "O" and never accepted).
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.str_),
+}
+_ACCEPTED_KINDS = {
+    name: ("b" if name == "BOOL" else "iu" if name[0] in "IU" else "iuf" if name.startswith("FP") else "U")
+    for name in DATATYPES
+}
+_INTEGER_INFO = {name: np.iinfo(dtype) for name, dtype in DATATYPES.items() if dtype.kind in "iu"}
+_DTYPE_TO_DATATYPE = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+
+MAX_DIMS = 32  # numpy's own limit is 64; nothing sane needs more
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    array: np.ndarray  # already reshaped to `shape`, dtype of `datatype`
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    id: str | None
+    inputs: tuple[Tensor, ...]
+    output_names: tuple[str, ...] | None  # None: the model's default outputs
+    parameters: dict[str, Any]
+
+
+def parse_infer_request(body: bytes) -> InferRequest:
+    """Parse and validate an infer request body into typed tensors."""
+    if not body:
+        raise ProtocolError("request body is empty; expected a JSON object with 'inputs'")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"request body must be a JSON object, got {_json_type(doc)}")
+
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError("'id' must be a string")
+    parameters = doc.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ProtocolError("'parameters' must be an object")
+
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise ProtocolError("'inputs' must be a non-empty array of tensors")
+    inputs = tuple(decode_tensor(raw, i) for i, raw in enumerate(raw_inputs))
+    names = [t.name for t in inputs]
+    if len(set(names)) != len(names):
+        raise ProtocolError("input names must be unique")
+
+    output_names = None
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise ProtocolError("'outputs' must be an array of {\"name\": ...} objects")
+        output_names = []
+        for i, raw in enumerate(raw_outputs):
+            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
+                raise ProtocolError(f"outputs[{i}] must be an object with a non-empty string 'name'")
+            output_names.append(raw["name"])
+        output_names = tuple(output_names)
+    return InferRequest(id=request_id, inputs=inputs, output_names=output_names, parameters=parameters)
+
+
+def decode_tensor(raw: Any, index: int) -> Tensor:
+    """One entry of 'inputs' -> Tensor, checking name, datatype, shape and data."""
+    where = f"inputs[{index}]"
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{where} must be an object, got {_json_type(raw)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(f"{where}.name must be a non-empty string")
+    where = f"input {name!r}"
+    datatype = raw.get("datatype")
+    if datatype not in DATATYPES:
+        raise ProtocolError(f"{where}: datatype must be one of {', '.join(DATATYPES)}, got {_short(datatype)}")
+    shape = _decode_shape(raw.get("shape"), where)
+    if "data" not in raw:
+        raise ProtocolError(f"{where}: 'data' is missing")
+    data = raw["data"]
+    if not isinstance(data, list):
+        raise ProtocolError(f"{where}: 'data' must be an array, got {_json_type(data)}")
+
+    array = _data_to_array(data, datatype, where)
+    expected = math.prod(shape)
+    if array.size != expected:
+        raise ProtocolError(f"{where}: shape {list(shape)} needs {expected} elements, data has {array.size}")
+    return Tensor(name=name, datatype=datatype, shape=shape, array=array.reshape(shape))
+
+
+def _decode_shape(shape: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS:
+        raise ProtocolError(f"{where}: 'shape' must be an array of at most {MAX_DIMS} non-negative integers")
+    for dim in shape:
+        # type() rather than isinstance(): JSON true must not pass as 1.
+        if type(dim) is not int or dim < 0:
+            raise ProtocolError(f"{where}: 'shape' must contain non-negative integers, got {_short(dim)}")
+    return tuple(shape)
+
+
+def _data_to_array(data: list, datatype: str, where: str) -> np.ndarray:
+    target = DATATYPES[datatype]
+    if not data:
+        return np.empty(0, dtype=target)
+    try:
+        # Let numpy infer first: converting straight to the target dtype would
+        # silently accept "1.5" strings, truncate floats to ints and wrap
+        # integers that do not fit.
+        array = np.array(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise ProtocolError(
+            f"{where}: 'data' must be a flat or nested array of scalars with a rectangular shape"
+        ) from None
+    kind = array.dtype.kind
+    if kind in "fO" and datatype in _INTEGER_INFO:
+        # Integers above 2**63 next to negative or small ones make numpy
+        # infer float64 or object; look at the Python values themselves.
+        return _exact_integers(data, datatype, where)
+    if kind not in _ACCEPTED_KINDS[datatype]:
+        raise ProtocolError(f"{where}: data does not match datatype {datatype}")
+    if array.dtype == target:
+        return array
+    if datatype in _INTEGER_INFO:
+        info = _INTEGER_INFO[datatype]
+        if array.min() < info.min or array.max() > info.max:
+            raise ProtocolError(f"{where}: a value is out of range for {datatype}")
+        return array.astype(target)
+    if datatype == "BYTES":
+        return array
+    with np.errstate(over="ignore"):
+        converted = array.astype(target)
+    if target.itemsize < 8 and not np.isfinite(converted).all():
+        raise ProtocolError(f"{where}: a value is out of range for {datatype}")
+    return converted
+
+
+def _exact_integers(data: list, datatype: str, where: str) -> np.ndarray:
+    try:
+        values = np.array(data, dtype=object)
+    except (ValueError, TypeError, RecursionError):
+        raise ProtocolError(
+            f"{where}: 'data' must be a flat or nested array of scalars with a rectangular shape"
+        ) from None
+    flat = values.reshape(-1).tolist()
+    if not all(type(v) is int for v in flat):
+        raise ProtocolError(f"{where}: data does not match datatype {datatype}")
+    info = _INTEGER_INFO[datatype]
+    if min(flat) < info.min or max(flat) > info.max:
+        raise ProtocolError(f"{where}: a value is out of range for {datatype}")
+    return np.array(flat, dtype=DATATYPES[datatype]).reshape(values.shape)
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype.kind in "USO":
+        return "BYTES"
+    try:
+        return _DTYPE_TO_DATATYPE[array.dtype]
+    except KeyError:
+        raise TypeError(f"no Open Inference Protocol datatype for numpy dtype {array.dtype}") from None
+
+
+def encode_tensor(name: str, value: Any) -> dict[str, Any]:
+    """A numpy array (or anything np.asarray takes) -> a v2 output tensor, data flattened row-major."""
+    array = np.asarray(value)
+    datatype = datatype_of(array)
+    shape = list(array.shape) or [1]
+    data = array.reshape(-1).tolist()
+    if datatype == "BYTES":
+        data = [_as_text(item) for item in data]
+    elif array.dtype.kind == "f" and not np.isfinite(array).all():
+        # JSON has no NaN/Infinity; null is what other v2 servers emit.
+        data = [x if math.isfinite(x) else None for x in data]
+    return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+
+
+def _as_text(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, bytes):
+        return item.decode("utf-8", errors="replace")
+    return str(item)
+
+
+def encode_infer_response(
+    model_name: str, model_version: str, request_id: str | None, outputs: list[dict[str, Any]]
+) -> bytes:
+    response: dict[str, Any] = {"model_name": model_name}
+    if model_version:
+        response["model_version"] = model_version
+    if request_id is not None:
+        response["id"] = request_id
+    response["outputs"] = outputs
+    return orjson.dumps(response)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _short(value: Any) -> str:
+    # Echo a little of what was sent, never a whole payload.
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
