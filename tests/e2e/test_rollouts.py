@@ -221,9 +221,9 @@ def test_operator_restart_mid_rollout_resumes_it(cluster, namespace, models, sta
     assert status["stableRevision"] == candidate and status["activeSlot"] == "green"
     promotions = [h for h in status["history"] if h["revision"] == candidate and h["outcome"] == "Promoted"]
     assert len(promotions) == 1, status["history"]
-    # The first revision is promoted without a switch: one TrafficSwitched means the resumed
-    # rollout did not switch again.
+    # Two TrafficSwitched Events: the first revision selected (slot none -> blue), then the candidate
+    # (blue -> green). A third would mean the resumed rollout switched again.
     switches = [e for e in cluster.events(namespace, NAME) if e.reason == "TrafficSwitched"]
-    assert len(switches) == 1, [e.message for e in switches]
+    assert len(switches) == 2, [e.message for e in switches]
     log = client.wait_for("the new revision", lambda log: log.tail_is(candidate, 20))
     assert log.errors == [], log.errors[:10]
