@@ -11,7 +11,7 @@ import pytest
 
 from kmock_cluster import DEPLOYMENTS, MODELENDPOINTS, SERVICES, eventually, make_api_client
 from slotkeeper.cluster import Cluster
-from test_operator import NEW_MODEL, SLOT, SPEC, deployment, ready, selector, status
+from test_operator import NEW_MODEL, SLOT, SPEC, deployment, ready, selector, selector_patches, status
 
 MAIN, STATUS = kmock_lib.subresource(None), kmock_lib.subresource("status")
 # The operator's writes only: the test's own writes (spec edits, Deployment status) go through.
@@ -36,16 +36,6 @@ def inject_random_faults(kmock, seed: int) -> list:
         for fault in rng.sample(FAULTS, k=2):
             faults.append(kmock.fail(*criteria, times=rng.randint(1, 2), **fault))
     return faults
-
-
-def selector_patches(kmock) -> list[str]:
-    """The slots the endpoint Service was patched to select, repeats of the same value collapsed."""
-    slots: list[str] = []
-    for request in kmock[kmock_lib.method.PATCH, SERVICES, kmock_lib.name("credit")]:
-        slot = ((request.data or {}).get("spec") or {}).get("selector", {}).get(SLOT)
-        if slot and (not slots or slots[-1] != slot):
-            slots.append(slot)
-    return slots
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

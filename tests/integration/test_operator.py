@@ -6,6 +6,7 @@ assert on what a user would see: the endpoint Service's selector, the ModelEndpo
 
 from __future__ import annotations
 
+import kmock as kmock_lib
 import pytest
 
 from kmock_cluster import DEPLOYMENTS, SERVICES, eventually
@@ -25,6 +26,16 @@ NEW_MODEL = {"name": "credit", "uri": "file:///models/credit/2/model.joblib"}
 def selector(k8s, name="credit"):
     service = k8s.peek(SERVICES, name, namespace="default")
     return (service or {}).get("spec", {}).get("selector")
+
+
+def selector_patches(kmock) -> list[str]:
+    """The slots the endpoint Service was patched to select, repeats of the same value collapsed."""
+    slots: list[str] = []
+    for request in kmock[kmock_lib.method.PATCH, SERVICES, kmock_lib.name("credit")]:
+        slot = ((request.data or {}).get("spec") or {}).get("selector", {}).get(SLOT)
+        if slot and (not slots or slots[-1] != slot):
+            slots.append(slot)
+    return slots
 
 
 def status(k8s, name="credit"):

@@ -312,7 +312,7 @@ def start_server(tmp_path_factory) -> Iterator[Callable[..., RunningServer]]:
 @pytest.fixture(scope="session")
 def spawn_server(tmp_path_factory) -> Iterator[Callable[..., RunningServer]]:
     """spawn_server(args, env=None, wait_ready=True) -> the real CLI in a subprocess on a free port."""
-    processes: list[subprocess.Popen] = []
+    handles: list[RunningServer] = []
     command = [sys.executable, "-m", "slotkeeper_serving"]
 
     def spawn(
@@ -332,7 +332,6 @@ def spawn_server(tmp_path_factory) -> Iterator[Callable[..., RunningServer]]:
             process = subprocess.Popen(
                 (executable or command) + args, env=full_env, stdout=log, stderr=subprocess.STDOUT
             )
-        processes.append(process)
         base_url = f"http://127.0.0.1:{full_env['SLOTKEEPER_PORT']}"
         handle = RunningServer(
             base_url,
@@ -347,11 +346,14 @@ def spawn_server(tmp_path_factory) -> Iterator[Callable[..., RunningServer]]:
                 raise AssertionError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
             return _probe(base_url + ("/v2/health/ready" if wait_ready else "/v2/health/live")) == 200
 
+        handles.append(handle)
         wait_until(up, what="the server process")
         return handle
 
     yield spawn
-    for process in processes:
+    for handle in handles:
+        handle.close_client()
+        process = handle.process
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:

@@ -67,6 +67,7 @@ def test_flags_override_environment(spawn_server, model_files):
         (["--model-uri", "m.joblib"], {"SLOTKEEPER_MODEL_FORMAT": "onnx"}, "model format must be one of"),
         (["--model-uri", "m.joblib", "--model-name", "a/b"], {}, "must not contain '/'"),
         (["--model-uri", "m.joblib", "--workers", "0"], {}, "workers must be >= 1"),
+        (["--model-uri", "m.joblib"], {"SLOTKEEPER_LOG_LEVEL": "loud"}, "log level must be one of"),
     ],
 )
 def test_invalid_configuration_exits_2(args, env, message):

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .config import ENV, FORMATS, ConfigError, settings_from_env
+from .config import ENV, FORMATS, LOG_LEVELS, ConfigError, settings_from_env
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--log-level",
-        choices=("critical", "error", "warning", "info", "debug"),
+        choices=LOG_LEVELS,
         help=f"default: info [{ENV['log_level']}]",
     )
     add(

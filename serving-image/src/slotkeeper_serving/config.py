@@ -18,6 +18,7 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 
 FORMATS = ("sklearn", "score-py")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 # The environment contract with the operator. Keep the names stable.
 ENV = {
@@ -75,6 +76,8 @@ class Settings:
             raise ConfigError(f"max model bytes must be >= 1, got {self.max_model_bytes}")
         if self.download_timeout_seconds <= 0:
             raise ConfigError("download timeout must be > 0")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
     @property
     def multiprocess_dir(self) -> Path:
@@ -153,6 +156,8 @@ def settings_from_env(environ: Mapping[str, str], overrides: Mapping[str, Any] |
             values[field_name] = value
     if "model_format" in values:
         values["model_format"] = values["model_format"].strip().lower() or None
+    if "log_level" in values:
+        values["log_level"] = values["log_level"].lower()
     if "cache_dir" in values:
         values["cache_dir"] = Path(values["cache_dir"])
     values.setdefault("model_uri", "")
