@@ -39,11 +39,18 @@ class Cluster:
         self.custom = CustomObjectsApi(api_client)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="slotkeeper-api")
 
-    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("_preload_content", False)
         kwargs.setdefault("_request_timeout", self.request_timeout)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: method(*args, **kwargs))
+
+        def call() -> None:
+            response = method(*args, **kwargs)
+            # Unread, a response keeps its connection checked out: every call would open a new one
+            # (a TLS handshake per write against a real apiserver).
+            response.drain_conn()
+            response.release_conn()
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

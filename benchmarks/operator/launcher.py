@@ -1,0 +1,58 @@
+"""The operator process of the benchmark: the real slotkeeper handlers against the API double.
+
+    python benchmarks/operator/launcher.py http://127.0.0.1:PORT
+
+What `slotkeeper run` does (handlers.py's registry, kopf.operator, standalone, all namespaces),
+except that the connection comes from a login handler and the official client's configuration is
+put into the memo (handlers.configure() takes it from there). Queueing settings come from the
+environment as in production (SLOTKEEPER_WORKER_LIMIT, SLOTKEEPER_IDLE_TIMEOUT). For the benchmark:
+  BENCH_TWEAKS=a,b           candidate operator changes from tweaks.py, applied before any import
+  BENCH_KOPF_QUEUEING=1      kopf's own queueing defaults (no worker limit, idle_timeout 5 s)
+  BENCH_RESYNC_SECONDS=20    the periodic pass of an idle endpoint (600 s) sooner, to count its requests
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import tweaks
+
+tweaks.apply([name for name in os.environ.get("BENCH_TWEAKS", "").split(",") if name])
+
+import kopf  # noqa: E402  (after the tweaks: one of them replaces the kubernetes package)
+import kubernetes  # noqa: E402
+
+import slotkeeper.handlers  # noqa: E402,F401  (registers the handlers in kopf's default registry)
+import slotkeeper.reconciler  # noqa: E402
+
+if os.environ.get("BENCH_RESYNC_SECONDS"):
+    slotkeeper.reconciler.IDLE_RESYNC_SECONDS = float(os.environ["BENCH_RESYNC_SECONDS"])
+
+
+@kopf.on.startup()  # registered after handlers.configure(), so it runs after it
+def report_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
+    if os.environ.get("BENCH_KOPF_QUEUEING"):
+        settings.queueing.worker_limit, settings.queueing.idle_timeout = None, 5.0
+    queueing = settings.queueing
+    print(f"BENCH queueing worker_limit={queueing.worker_limit} idle_timeout={queueing.idle_timeout:g}", flush=True)
+
+
+def main(url: str) -> None:
+    kopf.configure(verbose=False, log_format=kopf.LogFormat.PLAIN)
+
+    @kopf.on.login()
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=url, default_namespace="default", priority=100)
+
+    settings = kopf.OperatorSettings()
+    # KMock answers 500 to GET /api/v1/namespaces; all namespaces are served anyway (clusterwide).
+    settings.scanning.disabled = True
+    memo = kopf.Memo(kube_config=kubernetes.client.Configuration(host=url))
+    asyncio.run(kopf.operator(standalone=True, clusterwide=True, settings=settings, memo=memo))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
