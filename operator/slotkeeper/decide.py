@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from .actions import Action, ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
 from .api import SLOTS, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus, Rollout, ScaleDown, SlotStatus

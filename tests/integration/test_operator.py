@@ -7,7 +7,6 @@ assert on what a user would see: the endpoint Service's selector, the ModelEndpo
 from __future__ import annotations
 
 import kmock as kmock_lib
-import pytest
 
 from kmock_cluster import DEPLOYMENTS, SERVICES, eventually
 

@@ -11,7 +11,7 @@ from typing import Any
 from slotkeeper.actions import ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
 from slotkeeper.api import ModelEndpointSpec, ModelEndpointStatus
 from slotkeeper.decide import Decision, Endpoint, Gates, decide_next_step
-from slotkeeper.observe import (DeploymentSummary, PodSummary, observe_endpoint, summarise_deployment)
+from slotkeeper.observe import (PodSummary, observe_endpoint, summarise_deployment)
 from slotkeeper.render import LABEL_SLOT
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=timezone.utc)
