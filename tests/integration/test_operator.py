@@ -75,7 +75,8 @@ async def test_create_renders_slots_and_selects_blue_once_ready(operator, k8s):
     assert status(k8s)["stableRevision"] == deployment(k8s, "blue")["spec"]["template"]["metadata"]["labels"][REVISION]
     assert status(k8s)["observedGeneration"] == k8s.endpoint("credit", namespace="default")["metadata"]["generation"]
     assert "spec" in k8s.endpoint("credit", namespace="default")
-    assert any(e["reason"] == "Promoted" for e in k8s.events_for("credit", namespace="default"))
+    # Events are posted by kopf in the background: they follow the status by a moment.
+    await eventually(lambda: any(e["reason"] == "Promoted" for e in k8s.events_for("credit", namespace="default")))
 
 
 async def test_update_rolls_out_blue_green_and_scales_old_slot_down(operator, k8s):
@@ -116,8 +117,8 @@ async def test_crash_looping_candidate_is_reverted_with_a_readable_reason(operat
     assert rolled_back["status"] == "True" and rolled_back["reason"] == "PodFailure"
     assert "CrashLoopBackOff" in rolled_back["message"] and "credit-green-1" in rolled_back["message"]
     assert status(k8s)["history"][-1]["outcome"] == "RolledBack"
-    warnings = [e for e in k8s.events_for("credit", namespace="default") if e["type"] == "Warning"]
-    assert any(e["reason"] == "RolledBack" for e in warnings)
+    await eventually(lambda: any(e["type"] == "Warning" and e["reason"] == "RolledBack"
+                                 for e in k8s.events_for("credit", namespace="default")))
     await eventually(lambda: deployment(k8s, "green")["spec"]["replicas"] == 1, message="failed slot kept")
 
 
@@ -165,8 +166,9 @@ async def test_cli_abort_reverts_a_rollout_once_and_status_shows_it(operator, k8
 
     code = await asyncio.to_thread(main, ["--kubeconfig", kubeconfig, "abort", "credit", "-n", "default"])
     assert code == 0
-    assert selector(k8s)[SLOT] == "blue"
     assert condition(k8s, "RolledBack")["reason"] == "Aborted"
+    # The revert is in status when the CLI returns; the selector follows in the next pass.
+    await eventually(lambda: selector(k8s)[SLOT] == "blue", message="traffic back on stable")
     assert "handled by the operator" in capsys.readouterr().out
 
     code = await asyncio.to_thread(main, ["--kubeconfig", kubeconfig, "status", "credit", "-n", "default"])
@@ -188,4 +190,5 @@ async def test_object_the_api_refuses_marks_the_endpoint_degraded_with_its_messa
     degraded = condition(k8s, "Degraded")
     assert degraded["reason"] == "InvalidSpec" and "resources.limits[cpu]" in degraded["message"]
     assert deployment(k8s, "blue") is None
-    assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in k8s.events_for("credit", namespace="default"))
+    await eventually(lambda: any(e["reason"] == "InvalidSpec" and e["type"] == "Warning"
+                                 for e in k8s.events_for("credit", namespace="default")))
