@@ -14,8 +14,10 @@ environment as in production (SLOTKEEPER_WORKER_LIMIT, SLOTKEEPER_IDLE_TIMEOUT).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
+import time
 from typing import Any
 
 import tweaks
@@ -40,7 +42,22 @@ def report_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
     print(f"BENCH queueing worker_limit={queueing.worker_limit} idle_timeout={queueing.idle_timeout:g}", flush=True)
 
 
+def report_gc_pauses() -> None:
+    """Print every full (generation 2) collection's duration: a pause of the whole event loop."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                print(f"BENCH gc2 {time.perf_counter() - started[0]:.4f}", flush=True)
+
+    gc.callbacks.append(callback)
+
+
 def main(url: str) -> None:
+    report_gc_pauses()
     kopf.configure(verbose=False, log_format=kopf.LogFormat.PLAIN)
 
     @kopf.on.login()

@@ -13,7 +13,7 @@ from typing import Any
 
 
 def quiet_logs() -> None:
-    """handlers.configure(): logging.getLogger("kopf.objects").setLevel(logging.WARNING).
+    """handlers.configure(): logging.getLogger("kopf.objects").setLevel(logging.WARNING) (done in cf6c15f).
 
     kopf logs "Handler 'x' succeeded." at INFO for every watch event the indexes and on.event
     handlers see: 11 lines per endpoint created, none of them news.
@@ -22,7 +22,7 @@ def quiet_logs() -> None:
 
 
 def release_conn() -> None:
-    """cluster.Cluster._call: drain and release each response (the calls pass _preload_content=False).
+    """cluster.Cluster._call: drain and release each response (done in cf6c15f).
 
     Unread, a urllib3 response keeps its connection checked out until it is garbage-collected, so
     every call opens (and later closes) a new TCP connection: against a real apiserver, a TLS
@@ -129,7 +129,24 @@ def no_kubernetes() -> None:
     cluster.Cluster._call = _call
 
 
-ALL = {f.__name__: f for f in (no_kubernetes, quiet_logs, release_conn)}  # applied in this order
+def gc_freeze() -> None:
+    """handlers.configure(): gc.collect(); gc.freeze() at startup, once everything is imported.
+
+    A full collection walks every tracked object; what the imports created (~155,000 objects, 95,000
+    of them from the kubernetes client) never becomes garbage. Frozen, they are not walked again, and
+    the event loop's full-collection pauses get shorter by that much.
+    """
+    import gc
+
+    import kopf
+
+    @kopf.on.startup(id="gc_freeze")
+    def freeze(**_: Any) -> None:
+        gc.collect()
+        gc.freeze()
+
+
+ALL = {f.__name__: f for f in (no_kubernetes, quiet_logs, release_conn, gc_freeze)}  # applied in this order
 
 
 def apply(names: list[str]) -> None:
