@@ -23,16 +23,17 @@ import sys
 import time
 import types
 import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import attrs
 import kmock
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "integration"))
-import kmock_cluster  # noqa: E402
-from kmock_cluster import DEPLOYMENTS, MODELENDPOINTS, SERVICES, ClusterEmulator, Kube  # noqa: E402
+import kmock_cluster
+from kmock_cluster import DEPLOYMENTS, MODELENDPOINTS, SERVICES, ClusterEmulator, Kube
 
 LABEL_ENDPOINT = "slotkeeper.io/endpoint"
 LABEL_SLOT = "slotkeeper.io/slot"

@@ -24,11 +24,12 @@ import tweaks
 
 tweaks.apply([name for name in os.environ.get("BENCH_TWEAKS", "").split(",") if name])
 
-import kopf  # noqa: E402  (after the tweaks: one of them replaces the kubernetes package)
-import kubernetes  # noqa: E402
-
-import slotkeeper.handlers  # noqa: E402,F401  (registers the handlers in kopf's default registry)
-import slotkeeper.reconciler  # noqa: E402
+# After the tweaks: one of them replaces the kubernetes package. slotkeeper.handlers registers the
+# operator's handlers in kopf's default registry.
+import kopf
+import kubernetes
+import slotkeeper.handlers
+import slotkeeper.reconciler
 
 if os.environ.get("BENCH_RESYNC_SECONDS"):
     slotkeeper.reconciler.IDLE_RESYNC_SECONDS = float(os.environ["BENCH_RESYNC_SECONDS"])

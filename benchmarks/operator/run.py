@@ -4,8 +4,9 @@
     /work/main/.venv/bin/python benchmarks/operator/run.py [--endpoints 100 1000] [--sweep]
 
 This process is the driver and the API double (apidouble.py: the integration harness's KMock-based
-emulator with O(1) object lookups, plus the Deployment controller), pinned to CPU 1; the operator
-runs alone in its own process (launcher.py) on CPU 0, so its RSS is its own.
+emulator with O(1) object lookups, plus the Deployment controller), pinned to CPU 1, its cyclic GC
+off while a measurement runs; the operator runs alone in its own process (launcher.py) on CPU 0, so
+its RSS is its own. Full-GC pauses of both processes are recorded.
 
 For each N and each configuration (the operator as is, and with the recommended changes), with a
 fresh API double and operator:
@@ -20,7 +21,8 @@ fresh API double and operator:
            Service PATCH back to `blue` (and from the fault to it)
   default  the same on --default-rollbacks other endpoints with the default intervals
            (intervalSeconds 10, failureLimit 1): from the fault to the PATCH back to `blue`
---sweep also measures create + RSS at the largest N for one change at a time (SWEEP).
+--sweep also measures create + RSS at the largest N for one change at a time (SWEEP); --tweaks adds
+tweaks.py changes to every configuration (experiments).
 Writes results.json and RESULTS.md next to this file (a sweep not re-run is kept from before).
 """
 
@@ -45,8 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp.web
-
-import apidouble
+import apidouble  # first: it puts tests/integration (kmock_cluster) on sys.path
 from kmock_cluster import DEPLOYMENTS, MODELENDPOINTS, PODS, SERVICES, Kube
 
 HERE = Path(__file__).resolve().parent
@@ -73,7 +74,7 @@ def queueing(worker_limit: int, idle_timeout: float) -> tuple[tuple[str, str], .
 
 AS_IS = Config("as is")
 # What is still to do on top of the operator as is (cf6c15f took the queueing, log and connection changes).
-RECOMMENDED = Config("recommended", tweaks=("no_kubernetes",))
+RECOMMENDED = Config("recommended", tweaks=("no_kubernetes", "gc_freeze"))
 SWEEP = [  # one change at a time from the operator as is
     Config("kopf's queueing defaults", (("BENCH_KOPF_QUEUEING", "1"),)),
     Config("queueing 100/2 (before cf6c15f)", queueing(100, 2)),
@@ -83,6 +84,7 @@ SWEEP = [  # one change at a time from the operator as is
     Config("queueing 50/0.1", queueing(50, 0.1)),
     Config("queueing 10/0.1", queueing(10, 0.1)),
     Config("no_kubernetes", tweaks=("no_kubernetes",)),
+    Config("gc_freeze", tweaks=("gc_freeze",)),
 ]
 
 
@@ -134,7 +136,8 @@ class Operator:
         self.log = log.open("w")
         self.process = subprocess.Popen(
             ["taskset", "-c", str(OPERATOR_CPU), sys.executable, str(HERE / "launcher.py"), url],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent)  # noqa: PLW1509  (no threads in this process)
 
     def memory(self) -> dict[str, int]:
         lines = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
@@ -280,9 +283,9 @@ class GcPauses:
     def __init__(self) -> None:
         self.pauses: list[float] = []
         self._started = 0.0
-        gc.callbacks.append(self._callback)
         gc.collect()
         gc.disable()
+        gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict) -> None:
         if info["generation"] == 2:
@@ -409,13 +412,13 @@ def label(run: dict) -> str:
 
 
 def summary_rows(runs: list[dict]) -> list[str]:
-    rows = ["| N | operator | endpoints/s | create p50/p95 s | operator CPU s | requests/endpoint (TCP connections) "
-            "| RSS empty MiB | RSS settled MiB | KiB/endpoint | idle requests (writes) | verdict->revert p50/p95 ms "
-            "| fault->revert, 10 s interval, p50/p95/max s |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [("| N | operator | endpoints/s | create p50/p95 s | operator CPU s | requests/endpoint (TCP connections) "
+             "| RSS empty MiB | RSS settled MiB | KiB/endpoint | idle requests (writes) | verdict->revert p50/p95 ms "
+             "| fault->revert, 10 s interval, p50/p95/max s | operator's longest full-GC pause ms |"),
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for run in runs:
         if "create" not in run:
-            rows.append(f"| {run['endpoints']} | {label(run)} | failed: {run.get('error', '?')} |" + " |" * 9)
+            rows.append(f"| {run['endpoints']} | {label(run)} | failed: {run.get('error', '?')} |" + " |" * 10)
             continue
         create, rss, idle = run["create"], run["rss_mib"], run.get("idle")
         rev = run.get("revert", {}).get("verdict_to_selector", {})
@@ -428,36 +431,34 @@ def summary_rows(runs: list[dict]) -> list[str]:
             f"{rev['p50_ms']:.0f} / {rev['p95_ms']:.0f}" if rev.get("n") else "-",
             f"{dflt['p50_ms'] / 1000:.1f} / {dflt['p95_ms'] / 1000:.1f} / {dflt['max_ms'] / 1000:.1f}"
             if dflt.get("n") else "-",
+            f"{run.get('full_gc_pauses', {}).get('operator', {}).get('max_ms', '-')}",
         ]) + " |")
     return rows
 
 
 def goal_lines(runs: list[dict]) -> list[str]:
     lines = []
+
+    def goal(run: dict, text: str, met: bool, detail: str) -> None:
+        lines.append(f"- N={run['endpoints']}, {label(run)}: {text}: {'MET' if met else 'MISSED'} ({detail})")
+
     for run in runs:
-        n, what = run["endpoints"], label(run)
         if "error" in run:
-            lines.append(f"- N={n}, {what}: FAILED: {run['error']}")
+            lines.append(f"- N={run['endpoints']}, {label(run)}: FAILED: {run['error']}")
         if "rss_mib" not in run or "settled" not in run["rss_mib"]:
             continue
-
-        def goal(text: str, met: bool, detail: str) -> None:
-            lines.append(f"- N={n}, {what}: {text}: {'MET' if met else 'MISSED'} ({detail})")
-
-        rate = run["create"]["endpoints_per_s"]
-        goal(f">= {GOALS['endpoints_per_s']} endpoints/s", rate >= GOALS["endpoints_per_s"],
-             f"{rate}/s" + ("" if rate >= GOALS["endpoints_per_s"] else f", {GOALS['endpoints_per_s'] / rate - 1:.0%} short"))
-        if n >= 1000:
-            rss = run["rss_mib"]["settled"]
-            goal(f"RSS <= {GOALS['rss_mib_at_1000']} MiB", rss <= GOALS["rss_mib_at_1000"],
-                 f"{rss} MiB" + ("" if rss <= GOALS["rss_mib_at_1000"] else f", {rss - GOALS['rss_mib_at_1000']:.1f} MiB over"))
+        rate, want = run["create"]["endpoints_per_s"], GOALS["endpoints_per_s"]
+        goal(run, f">= {want} endpoints/s", rate >= want, f"{rate}/s" + ("" if rate >= want else f", {want / rate - 1:.0%} short"))
+        if run["endpoints"] >= 1000:
+            rss, most = run["rss_mib"]["settled"], GOALS["rss_mib_at_1000"]
+            goal(run, f"RSS <= {most} MiB", rss <= most, f"{rss} MiB" + ("" if rss <= most else f", {rss - most:.1f} MiB over"))
         if "revert" in run:
             idle = run["idle"]
-            goal("0 idle writes, <= 1 read per endpoint per 10 min",
+            goal(run, "0 idle writes, <= 1 read per endpoint per 10 min",
                  idle["writes"] == 0 and idle["reads_per_endpoint_per_min"] <= GOALS["idle_reads_per_endpoint_per_min"],
                  f"{idle['writes']} writes, {idle['reads']} reads in {idle['window_s']:g} s")
             rev = run["revert"]["verdict_to_selector"]
-            goal("revert p95 <= 1 s after the failing verdict", rev["p95_ms"] <= GOALS["revert_p95_ms"],
+            goal(run, "revert p95 <= 1 s after the failing verdict", rev["p95_ms"] <= GOALS["revert_p95_ms"],
                  f"p95 {rev['p95_ms']} ms over {rev['n']} reverts")
     return lines
 
@@ -468,12 +469,12 @@ def write_report(results: dict) -> None:
         "# Operator benchmark", "",
         f"`benchmarks/operator/run.py`, {results['when']}, operator at {results['commit']}; {results['machine']}.",
         "",
-        "The real operator (kopf, `slotkeeper.handlers`) alone in its own process on CPU 0; the API double "
-        "(the integration harness's KMock-based ClusterEmulator with O(1) object lookups, playing the "
-        "Deployment controller) and the driver on CPU 1. RSS: the operator's VmRSS. Requests are counted at "
-        "the API double. \"as is\": the operator's own settings; \"recommended\": the changes below, applied "
-        "by the launcher (tweaks.py). CPU used by other processes meanwhile: "
-        f"{', '.join(str(r['create']['others_cpu_s']) for r in results['runs'] if 'create' in r)} s.",
+        ("The real operator (kopf, `slotkeeper.handlers`) alone in its own process on CPU 0; the API double "
+         "(the integration harness's KMock-based ClusterEmulator with O(1) object lookups, playing the "
+         "Deployment controller) and the driver on CPU 1. RSS: the operator's VmRSS. Requests are counted at "
+         "the API double. \"as is\": the operator's own settings; \"recommended\": the changes below, applied "
+         "by the launcher (tweaks.py). CPU used by other processes meanwhile: "
+         f"{', '.join(str(r['create']['others_cpu_s']) for r in results['runs'] if 'create' in r)} s."),
         "", *summary_rows(results["runs"]), "", "## Goals", "", *goal_lines(results["runs"]), "",
     ]
     sweep = results.get("sweep")
@@ -487,14 +488,17 @@ def write_report(results: dict) -> None:
     report.write_text("\n".join(lines))
 
 
+def operator_commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=HERE.parents[1], capture_output=True, text=True, check=False).stdout
+    return git("rev-parse", "--short", "HEAD").strip() + (" (operator/ modified)" if git("status", "--porcelain", "--", "operator").strip() else "")
+
+
 async def main(args: argparse.Namespace) -> dict:
     os.sched_setaffinity(0, {DOUBLE_CPU})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "operator"], cwd=HERE.parents[1],
-                           capture_output=True, text=True).stdout.strip()
     results: dict = {
         "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "commit": commit.stdout.strip() + (" (operator/ modified)" if dirty else ""),
+        "commit": args.commit,
         "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
                    f"load average {os.getloadavg()[0]:.2f} at the start",
         "goals": GOALS, "runs": [],
@@ -505,6 +509,8 @@ async def main(args: argparse.Namespace) -> dict:
     elif previous.exists():
         results["sweep"] = json.loads(previous.read_text()).get("sweep")
     configs = [{"as-is": AS_IS, "recommended": RECOMMENDED}[name] for name in args.configs]
+    if args.tweaks:  # an experiment: more candidate changes on top
+        configs = [Config(f"{c.name} + {'+'.join(args.tweaks)}", c.env, (*c.tweaks, *args.tweaks)) for c in configs]
     plan = [(n, config, True, results["runs"]) for n in args.endpoints for config in configs]
     if args.sweep:
         plan += [(max(args.endpoints), config, False, results["sweep"]["runs"]) for config in SWEEP]
@@ -530,13 +536,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--default-rollbacks", type=int, default=20, help="reverts with the default intervals")
     parser.add_argument("--stagger", type=float, default=0.2, help="seconds between the rollouts started")
     parser.add_argument("--configs", nargs="+", choices=["as-is", "recommended"], default=["as-is", "recommended"])
+    parser.add_argument("--tweaks", nargs="*", default=[], help="tweaks.py changes to add to every configuration")
     parser.add_argument("--sweep", action="store_true", help="also one change at a time, create + RSS, largest N")
     parser.add_argument("--create-timeout", type=float, default=300)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
-    outcome = asyncio.run(main(parse_args()))
+    arguments = parse_args()
+    arguments.commit = operator_commit()
+    outcome = asyncio.run(main(arguments))
     print()
     print("\n".join(summary_rows(outcome["runs"])))
     print()

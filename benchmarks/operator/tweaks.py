@@ -100,9 +100,8 @@ def no_kubernetes() -> None:
     client = types.ModuleType("kubernetes.client")
     exceptions = types.ModuleType("kubernetes.client.exceptions")
     config = types.ModuleType("kubernetes.config")
-    for name, value in dict(ApiClient=ApiClient, Configuration=Configuration, CoreV1Api=CoreV1Api,
-                            AppsV1Api=AppsV1Api, CustomObjectsApi=CustomObjectsApi).items():
-        setattr(client, name, value)
+    for value in (ApiClient, Configuration, CoreV1Api, AppsV1Api, CustomObjectsApi):
+        setattr(client, value.__name__, value)
     exceptions.ApiException = client.ApiException = ApiException
     config.ConfigException = ConfigException
     client.exceptions, kubernetes.client, kubernetes.config = exceptions, client, config
