@@ -13,24 +13,33 @@ SERVING_IMAGE  ?= $(REGISTRY)/serving:$(VERSION)
 
 KIND_CLUSTER ?= slotkeeper
 KIND_CONTEXT ?= kind-$(KIND_CLUSTER)
+# The cluster `make e2e` tests: kind's by default, any kube context otherwise (E2E_CONTEXT=my-cluster).
+E2E_CONTEXT  ?= $(KIND_CONTEXT)
 
-# The project's virtualenv when there is one.
-PYTHON     ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
-SLOTKEEPER ?= $(if $(wildcard .venv/bin/slotkeeper),.venv/bin/slotkeeper,slotkeeper)
+# The project's virtualenv (hack/venv.sh makes it; `make test` and `make demo` do that first).
+VENV       := .venv
+PYTHON     ?= $(VENV)/bin/python
+SLOTKEEPER ?= $(VENV)/bin/slotkeeper
 
 CRD_FILE := modelendpoints.slotkeeper.io.yaml
 
 export OPERATOR_IMAGE SERVING_IMAGE KIND_CLUSTER KIND_CONTEXT SLOTKEEPER
 
-.PHONY: help test crd images image-operator image-serving kind kind-delete demo e2e
+.PHONY: help test venv crd images image-operator image-serving kind kind-delete demo e2e
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-test: ## run the test suite (e2e tests skip without a kind cluster)
-	$(PYTHON) -m pytest tests
+test: $(VENV)/.installed ## create the venv, install, and run the README's test command (e2e tests skip without a cluster)
+	. $(VENV)/bin/activate && python -m pytest tests
 
-crd: ## regenerate the CRD from the API models into crds/ and manifests/crd/
+venv: $(VENV)/.installed ## the virtualenv with both packages and their test extras
+
+$(VENV)/.installed: pyproject.toml serving-image/pyproject.toml hack/venv.sh
+	hack/venv.sh
+	touch $@
+
+crd: $(VENV)/.installed ## regenerate the CRD from the API models into crds/ and manifests/crd/
 	$(SLOTKEEPER) crd --output crds/
 	cp crds/$(CRD_FILE) manifests/crd/$(CRD_FILE)
 
@@ -51,9 +60,9 @@ kind-delete: ## delete the kind cluster
 	@hack/require.sh kind "https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
 	kind delete cluster --name $(KIND_CLUSTER)
 
-demo: ## on the kind cluster: a good rollout, then a broken one that reverts by itself
+demo: kind $(VENV)/.installed ## from a fresh clone: kind cluster (if missing), both images, install, then the demo
 	hack/demo.sh
 
-e2e: ## run the e2e tests against the kind cluster (make kind first)
-	SLOTKEEPER_E2E_CONTEXT=$(KIND_CONTEXT) SLOTKEEPER_E2E_SERVING_IMAGE=$(SERVING_IMAGE) \
+e2e: $(VENV)/.installed ## run the e2e tests against the kind cluster (make kind first), or E2E_CONTEXT=<any kube context>
+	SLOTKEEPER_E2E_CONTEXT=$(E2E_CONTEXT) SLOTKEEPER_E2E_SERVING_IMAGE=$(SERVING_IMAGE) \
 		$(PYTHON) -m pytest tests/e2e -m e2e

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _run_operator(args: argparse.Namespace) -> int:
@@ -17,9 +18,9 @@ def _run_operator(args: argparse.Namespace) -> int:
     asyncio.run(kopf.operator(
         standalone=True,
         clusterwide=not args.namespace,
-        namespaces=args.namespace or None,
+        namespaces=list(args.namespace),  # kopf iterates it even cluster-wide: never None
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(namespaced=bool(args.namespace)),
+        memo=kopf.Memo(namespaced=bool(args.namespace), kubeconfig=args.kubeconfig, context=args.context),
     ))
     return 0
 
@@ -44,15 +45,11 @@ ACTION_HELP = {
 
 
 def _kube(args: argparse.Namespace):
-    """The official client on --kubeconfig, else the current kubeconfig context (or in-cluster config)."""
-    import kubernetes
+    """The official client, configured as kubectl would be (see handlers.build_api_client)."""
     from kubernetes import client
 
     from .handlers import build_api_client
-    if args.kubeconfig:
-        api = kubernetes.config.new_client_from_config(config_file=args.kubeconfig)
-    else:
-        api = build_api_client()
+    api = build_api_client(args.kubeconfig, args.context)
     return client.CustomObjectsApi(api), client.CoreV1Api(api)
 
 
@@ -107,12 +104,22 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--kubeconfig/--context, before or after the subcommand (as with kubectl). The subcommand's
+    copy defaults to SUPPRESS so it never overwrites a value given before it."""
+    parser.add_argument("--kubeconfig", default=default,
+                        help="a kubeconfig file (default: $KUBECONFIG, the pod's service account, ~/.kube/config)")
+    parser.add_argument("--context", default=default, help="the kubeconfig context to use (default: its current one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slotkeeper", description="Model endpoints with deployment slots.")
-    parser.add_argument("--kubeconfig", default=None, help="a kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    _connection_options(parser, default=None)
     commands = parser.add_subparsers(dest="command", required=True)
+    sub = argparse.ArgumentParser(add_help=False)
+    _connection_options(sub, default=argparse.SUPPRESS)
 
-    run = commands.add_parser("run", help="run the operator")
+    run = commands.add_parser("run", help="run the operator", parents=[sub])
     run.add_argument("-n", "--namespace", action="append", default=[],
                      help="watch only this namespace (repeatable); default: all namespaces")
     run.add_argument("--liveness", default=None, help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
@@ -124,14 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     crd.set_defaults(func=_write_crd)
 
     for action, help_text in ACTION_HELP.items():
-        command = commands.add_parser(action, help=help_text)
+        command = commands.add_parser(action, help=help_text, parents=[sub])
         command.add_argument("name")
         command.add_argument("-n", "--namespace", default="default")
         command.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the operator")
         command.set_defaults(func=_request_action, action=action)
     for show, help_text in (("status", "slots, revisions, traffic, checks and recent events"),
                             ("history", "the revisions rolled out, promoted and reverted")):
-        command = commands.add_parser(show, help=help_text)
+        command = commands.add_parser(show, help=help_text, parents=[sub])
         command.add_argument("name")
         command.add_argument("-n", "--namespace", default="default")
         command.set_defaults(func=_show)

@@ -4,9 +4,18 @@ The official ``kubernetes`` client is synchronous; calls run in a small thread p
 the operator's event loop never blocks. Responses are not deserialised into client models
 (``_preload_content=False``): the operator only needs to know a call succeeded.
 
-Idempotency lives here, in one place (like crate-operator's kubeapi helpers): a create that meets
-409 AlreadyExists becomes a patch, a patch that meets 404 becomes a create. Every other error is
-raised to the reconcile loop, which retries with back-off and decides again from what it observes.
+How it writes, and why (each is what the apiserver does with it, pinned by tests/contract/):
+
+* Deployments and Services are **server-side applied** with slotkeeper's own field manager: one
+  idempotent request creates or converges the object, and a field the spec no longer renders is
+  removed (a JSON merge patch can only add and change keys). Bodies go as JSON (valid YAML 1.2):
+  a YAML body would let the apiserver read a label value like ``y`` as a boolean.
+* The traffic switch replaces ``spec.selector`` with a JSON patch: a merge patch would merge the
+  maps and keep the ``slot`` key, so the canary's both-slots selector would still pick one slot.
+* Replica changes are merge patches of a single number (nothing to remove there).
+
+Every error is raised to the reconcile loop, which retries with back-off and decides again from
+what it observes.
 """
 
 from __future__ import annotations
@@ -24,7 +33,14 @@ from .api import GROUP, PLURAL, VERSION
 from .render import slot_object_name
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+FIELD_MANAGER = "slotkeeper"
 REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
+
+APPLY = {"_content_type": APPLY_PATCH, "field_manager": FIELD_MANAGER, "force": True}
+MERGE = {"_content_type": MERGE_PATCH, "field_manager": FIELD_MANAGER}
+JSON = {"_content_type": JSON_PATCH, "field_manager": FIELD_MANAGER}
 
 log = logging.getLogger(__name__)
 
@@ -58,51 +74,38 @@ class Cluster:
     # ------------------------------------------------------------------------------------ actions
     async def apply(self, namespace: str, endpoint: str, action: Action, post_event: Callable[..., None]) -> None:
         if isinstance(action, ApplyDeployment):
-            await self._apply_deployment(namespace, action.body)
+            await self._call(self.apps.patch_namespaced_deployment, action.body["metadata"]["name"], namespace,
+                             action.body, **APPLY)
         elif isinstance(action, ScaleDeployment):
             name = slot_object_name(endpoint, action.slot)
             await self._call(self.apps.patch_namespaced_deployment, name, namespace,
-                             {"spec": {"replicas": action.replicas}}, _content_type=MERGE_PATCH)
+                             {"spec": {"replicas": action.replicas}}, **MERGE)
         elif isinstance(action, CreateService):
-            await self._create_service(namespace, action.body)
+            await self._call(self.core.patch_namespaced_service, action.body["metadata"]["name"], namespace,
+                             action.body, **APPLY)
         elif isinstance(action, SwitchTraffic):
             await self._call(self.core.patch_namespaced_service, endpoint, namespace,
-                             {"spec": {"selector": action.selector}}, _content_type=MERGE_PATCH)
+                             [{"op": "replace", "path": "/spec/selector", "value": action.selector}], **JSON)
         elif isinstance(action, EmitEvent):
             post_event(type=action.type, reason=action.reason, message=action.message)
         else:  # pragma: no cover - a new action type without its I/O is a programming error
             raise TypeError(f"unknown action {action!r}")
 
-    async def _apply_deployment(self, namespace: str, body: dict[str, Any]) -> None:
-        name = body["metadata"]["name"]
-        patch = {"metadata": {"labels": body["metadata"]["labels"]}, "spec": body["spec"]}
+    async def remove_finalizer(self, namespace: str, name: str, finalizers: list[str], finalizer: str) -> None:
+        """Drop one finalizer; the ``test`` op makes it a no-op (422) if the list changed meanwhile."""
+        patch = [{"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                 {"op": "replace", "path": "/metadata/finalizers", "value": [f for f in finalizers if f != finalizer]}]
         try:
-            await self._call(self.apps.patch_namespaced_deployment, name, namespace, patch, _content_type=MERGE_PATCH)
+            await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
+                             patch, **JSON)
         except ApiException as error:
-            if error.status != 404:
+            if error.status not in (404, 409, 422):  # gone, or changed: the next event tries again
                 raise
-            try:
-                await self._call(self.apps.create_namespaced_deployment, namespace, body)
-            except ApiException as create_error:
-                if create_error.status != 409:
-                    raise
-                await self._call(self.apps.patch_namespaced_deployment, name, namespace, patch,
-                                 _content_type=MERGE_PATCH)
-
-    async def _create_service(self, namespace: str, body: dict[str, Any]) -> None:
-        try:
-            await self._call(self.core.create_namespaced_service, namespace, body)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-            # It exists already (we raced our own watch): make sure it selects what we wanted.
-            await self._call(self.core.patch_namespaced_service, body["metadata"]["name"], namespace,
-                             {"spec": {"selector": body["spec"]["selector"]}}, _content_type=MERGE_PATCH)
 
     # ------------------------------------------------------------------------------------- status
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         await self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
-                         {"status": patch}, _content_type=MERGE_PATCH)
+                         {"status": patch}, **MERGE)
 
 
 def merge_patch(old: Any, new: Any) -> Any:

@@ -668,7 +668,9 @@ def _report_slots_and_traffic(step: _Step) -> None:
                          ready_replicas=observed.slot(slot).ready_replicas)
         for slot in SLOTS if observed.slot(slot).deployment is not None
     }
-    traffic = traffic_shares(step.wanted_selector(), observed)
+    # What the cluster routes by now, not what this pass is about to write: a switch shows in the
+    # status once the watches have shown it (the next pass), and a write that did not take never does.
+    traffic = traffic_shares(observed.cluster_selector, observed)
     summary = ", ".join(f"{slot} {share}%" for slot, share in traffic.items() if share) or None
     step.update(slots=slots, traffic=traffic, traffic_summary=summary)
 

@@ -1,18 +1,29 @@
 """kopf wiring: watch-fed indexes for what endpoints own, and one reconcile loop per endpoint.
 
-Why a daemon and not create/update handlers plus timers: a rollout waits on many things (pods
-becoming ready, analysis windows, scale-down delays). The daemon sleeps until the next deadline the
-decision names, and is woken at once by any watch event about the endpoint or its children. With
-nothing under way it makes no API call at all: observation comes from the indexes, which the
+Why a loop per endpoint and not create/update handlers plus timers: a rollout waits on many things
+(pods becoming ready, analysis windows, scale-down delays). The loop sleeps until the next deadline
+the decision names, and is woken at once by any watch event about the endpoint or its children.
+With nothing under way it makes no API call at all: observation comes from the indexes, which the
 watches keep current, so an idle endpoint costs neither reads nor writes.
+
+Why the loops are plain asyncio tasks started from ``on.event`` and not kopf daemons: a kopf daemon
+puts a finalizer on every object it runs for, so deleting an endpoint, its namespace or the whole
+install hangs whenever the operator is not running. Nothing here needs cleanup beyond owner
+references, so the loops belong to the operator process instead (see :class:`EndpointLoops`): the
+watch's first listing starts one per endpoint, DELETED (or a deletionTimestamp) stops it, and the
+operator's exit stops them all. Trade-off: no per-object kopf state (there is none to keep; the
+durable state is ``status``), and an endpoint deleted while a watch was down is noticed by its
+loop's next write answering 404.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping
 
 import aiohttp
 import kopf
@@ -25,36 +36,92 @@ from .api import GROUP, PLURAL, VERSION
 from .checks.runner import CheckRunner
 from .cluster import Cluster
 from .observe import summarise_deployment, summarise_pod
-from .reconciler import EndpointReconciler, ObservedSources
+from .reconciler import EndpointGone, EndpointReconciler, ObservedSources
 from .render import LABEL_ENDPOINT, LABEL_MANAGED_BY, MANAGED_BY
 
 OWNED = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_ENDPOINT: kopf.PRESENT}
+# Sent to the apiserver, so the watches carry only slotkeeper's objects (kopf's ``labels=`` filters
+# are client-side: without this, the operator would receive and keep every Pod of the cluster).
+OWNED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ENDPOINT}"
+OWNED_RESOURCES = (("apps", "v1", "deployments"), ("v1", "pods"), ("v1", "services"))
+# Put on every endpoint by slotkeeper 0.1.0 (a kopf daemon's finalizer); removed where still found.
+LEGACY_FINALIZER = f"{GROUP}/finalizer"
 MAX_BACKOFF_SECONDS = 60.0
 DEFAULT_BACKOFF_SECONDS = 0.5
+STOP_TIMEOUT_SECONDS = 5.0
 
 log = logging.getLogger("slotkeeper")
 
+Key = tuple[str, str]
 
-class Wakeups:
-    """One asyncio.Event per endpoint: watch handlers set it, the endpoint's loop waits on it."""
+
+@dataclass(eq=False)
+class EndpointLoop:
+    """What one endpoint's loop shares with the watch handlers: the latest body and two signals."""
+    body: Mapping[str, Any]
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class EndpointLoops:
+    """The running loops, one per endpoint, owned by the operator process (no finalizer needed)."""
 
     def __init__(self) -> None:
-        self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._loops: dict[Key, EndpointLoop] = {}
 
-    def register(self, namespace: str, name: str) -> asyncio.Event:
-        return self._events.setdefault((namespace, name), asyncio.Event())
+    def __contains__(self, key: Key) -> bool:
+        return key in self._loops
 
-    def unregister(self, namespace: str, name: str) -> None:
-        self._events.pop((namespace, name), None)
+    def seen(self, key: Key, body: Mapping[str, Any],
+             run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> None:
+        """The endpoint exists as ``body``: hand it to its loop (starting one if none runs) and wake it."""
+        loop = self._loops.get(key)
+        if loop is None or (loop.task is not None and loop.task.done()):
+            loop = self._loops[key] = EndpointLoop(body=body)
+            loop.task = asyncio.create_task(self._run(key, loop, run), name=f"slotkeeper:{key[0]}/{key[1]}")
+        loop.body = body
+        loop.wakeup.set()
+
+    async def _run(self, key: Key, loop: EndpointLoop, run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> None:
+        try:
+            await run(key, loop)
+        finally:
+            if self._loops.get(key) is loop:
+                del self._loops[key]
 
     def wake(self, namespace: str | None, name: str | None) -> None:
-        event = self._events.get((namespace or "", name or ""))
-        if event is not None:
-            event.set()
+        loop = self._loops.get((namespace or "", name or ""))
+        if loop is not None:
+            loop.wakeup.set()
+
+    async def stop(self, key: Key) -> None:
+        loop = self._loops.pop(key, None)
+        if loop is not None:
+            await _stop(loop)
+
+    async def stop_all(self) -> None:
+        loops, self._loops = list(self._loops.values()), {}
+        await asyncio.gather(*(_stop(loop) for loop in loops))
 
 
-def build_api_client() -> ApiClient:
-    """In a pod: the service account; elsewhere: the current kubeconfig context."""
+async def _stop(loop: EndpointLoop) -> None:
+    """Ask the loop to finish its pass; cancel it if it does not within STOP_TIMEOUT_SECONDS."""
+    loop.stopped.set()
+    if loop.task is None or loop.task.done() or loop.task is asyncio.current_task():
+        return
+    done, _ = await asyncio.wait({loop.task}, timeout=STOP_TIMEOUT_SECONDS)
+    if not done:
+        loop.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await loop.task
+
+
+def build_api_client(kubeconfig: str | None = None, context: str | None = None) -> ApiClient:
+    """The client configuration kubectl would use: ``--kubeconfig``/``--context``, else ``$KUBECONFIG``,
+    else the pod's service account, else ``~/.kube/config``."""
+    if kubeconfig or context or os.environ.get("KUBECONFIG"):
+        return kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
@@ -67,7 +134,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.peering.standalone = True
     if getattr(memo, "namespaced", False):  # a Role cannot list namespaces or watch CRDs: do not try
         settings.scanning.disabled = True
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    for resource in OWNED_RESOURCES:
+        settings.watching.label_selectors[resource] = OWNED_SELECTOR
     # The operator writes its own Events; kopf's per-handler log lines would only add noise and writes.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 10 * 60
@@ -80,15 +148,20 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if getattr(memo, "cluster", None) is None:
         # Tests hand in a client configuration for their API double; a real install loads its own.
         config = getattr(memo, "kube_config", None)
-        memo.cluster = Cluster(ApiClient(config) if config is not None else build_api_client())
-    if getattr(memo, "wakeups", None) is None:
-        memo.wakeups = Wakeups()
+        api_client = ApiClient(config) if config is not None else build_api_client(
+            getattr(memo, "kubeconfig", None), getattr(memo, "context", None))
+        memo.cluster = Cluster(api_client)
+    if getattr(memo, "loops", None) is None:
+        memo.loops = EndpointLoops()
     if getattr(memo, "http", None) is None:  # for checks: scrapes, Prometheus, validation requests
         memo.http = aiohttp.ClientSession()
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    loops = getattr(memo, "loops", None)
+    if loops is not None:
+        await loops.stop_all()
     cluster = getattr(memo, "cluster", None)
     if cluster is not None:
         cluster.close()
@@ -119,52 +192,66 @@ async def endpoint_services(namespace: str, name: str, labels: kopf.Labels, spec
 @kopf.on.event("", "v1", "pods", labels=OWNED)
 @kopf.on.event("", "v1", "services", labels=OWNED)
 async def owned_object_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    memo.wakeups.wake(namespace, labels.get(LABEL_ENDPOINT))
+    memo.loops.wake(namespace, labels.get(LABEL_ENDPOINT))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def endpoint_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.wakeups.wake(namespace, name)
+async def endpoint_changed(
+    type: str | None, name: str, namespace: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
+    slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index, **_: Any,
+) -> None:
+    key = (namespace, name)
+    finalizers = list(meta.get("finalizers") or [])
+    if LEGACY_FINALIZER in finalizers:
+        await memo.cluster.remove_finalizer(namespace, name, finalizers, LEGACY_FINALIZER)
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        await memo.loops.stop(key)  # what it owns goes with it (owner references)
+        return
+
+    async def run(key: Key, loop: EndpointLoop) -> None:
+        await reconcile_endpoint(key, loop, memo, slot_deployments, slot_pods, endpoint_services)
+
+    memo.loops.seen(key, body, run)
 
 
 # ------------------------------------------------------------------------- the reconcile loop
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
 async def reconcile_endpoint(
-    name: str, namespace: str, body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped,
-    slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index, **_: Any,
+    key: Key, loop: EndpointLoop, memo: kopf.Memo,
+    slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index,
 ) -> None:
-    wakeup = memo.wakeups.register(namespace, name)
+    namespace, name = key
     reconciler = EndpointReconciler(
         namespace=namespace, name=name, cluster=memo.cluster,
-        post_event=lambda **event: kopf.event(body, **event),
+        post_event=lambda **event: kopf.event(loop.body, **event),
         checks=CheckRunner(memo.http, **({"slot_url": memo.slot_url} if getattr(memo, "slot_url", None) else {})),
     )
     backoff = RetryBackoff(base=getattr(memo, "retry_backoff", DEFAULT_BACKOFF_SECONDS))
-    try:
-        while not stopped:
-            wakeup.clear()
-            key = (namespace, name)
-            sources = ObservedSources(
-                deployments=list(slot_deployments.get(key, [])),
-                pods=list(slot_pods.get(key, [])),
-                services=dict(endpoint_services.get(key, [])),
-            )
-            delay = await _reconcile_pass(reconciler, body, sources, backoff)
-            await _sleep(wakeup, stopped, delay)
-    finally:
-        memo.wakeups.unregister(namespace, name)
+    while not loop.stopped.is_set():
+        loop.wakeup.clear()
+        sources = ObservedSources(
+            deployments=list(slot_deployments.get(key, [])),
+            pods=list(slot_pods.get(key, [])),
+            services=dict(endpoint_services.get(key, [])),
+        )
+        delay = await _reconcile_pass(reconciler, loop.body, sources, backoff)
+        if delay is None:
+            return  # the endpoint is gone
+        await _sleep(loop, delay)
 
 
 async def _reconcile_pass(
-    reconciler: EndpointReconciler, body: kopf.Body, sources: ObservedSources, backoff: RetryBackoff,
-) -> float:
-    """One pass; the seconds until the next. A failed pass backs off, from the start again when it
-    still got further than the one before (it wrote something)."""
+    reconciler: EndpointReconciler, body: Mapping[str, Any], sources: ObservedSources, backoff: RetryBackoff,
+) -> float | None:
+    """One pass; the seconds until the next (None: the endpoint no longer exists). A failed pass
+    backs off, from the start again when it still got further than the one before (it wrote something)."""
     writes_before = reconciler.writes_done
     try:
         delay = await reconciler.reconcile(body, sources)
+    except EndpointGone:
+        log.info("%s/%s: the endpoint is gone; its loop ends", reconciler.namespace, reconciler.name)
+        return None
     except ApiException as error:
         # The status code and reason only: a response body may echo what we sent.
         problem = f"API error {error.status} {error.reason}"
@@ -197,8 +284,8 @@ class RetryBackoff:
         self.failures = 0
 
 
-async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:
-    waiters = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stopped.wait())]
+async def _sleep(loop: EndpointLoop, delay: float) -> None:
+    waiters = [asyncio.ensure_future(loop.wakeup.wait()), asyncio.ensure_future(loop.stopped.wait())]
     try:
         await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
     finally:

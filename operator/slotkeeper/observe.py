@@ -74,14 +74,25 @@ class SlotObservation:
         return None
 
 
+_SAME = object()  # shown_selector's default: the watches showed what endpoint_selector says
+
+
 @dataclass(frozen=True)
 class Observed:
     slots: Mapping[str, SlotObservation]
     endpoint_selector: Mapping[str, str] | None  # None: the endpoint Service does not exist
     slot_services: frozenset[str] = field(default_factory=frozenset)
+    # The selector as the watches last showed it. It differs from endpoint_selector while our own
+    # switch is written but not yet seen (recent_writes.py): decisions use endpoint_selector so they
+    # never switch twice, status.traffic reports this one, what the cluster really routes by.
+    shown_selector: Any = _SAME
 
     def slot(self, name: str) -> SlotObservation:
         return self.slots.get(name) or SlotObservation(deployment=None)
+
+    @property
+    def cluster_selector(self) -> Mapping[str, str] | None:
+        return self.endpoint_selector if self.shown_selector is _SAME else self.shown_selector
 
 
 def summarise_deployment(body: Mapping[str, Any]) -> DeploymentSummary:

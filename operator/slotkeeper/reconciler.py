@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
@@ -48,13 +49,28 @@ def spec_error(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def api_message(error: ApiException, limit: int = 400) -> str:
-    """The apiserver's own words from a Status body (they name the field), shortened."""
+# Answers meaning "no object can be built from this spec": 400 when the body cannot even be decoded
+# (an invalid quantity on create), 422 when it decodes but does not validate (the same on a patch).
+SPEC_ERRORS = frozenset({400, 422})
+# A quoted value this long is an object the apiserver echoes whole (a patch it could not apply).
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+LONG_QUOTE = 120
+
+
+class EndpointGone(Exception):
+    """The endpoint's status cannot be written because the endpoint no longer exists."""
+
+
+def api_message(error: ApiException) -> str:
+    """The apiserver's own words from a Status body (they name the field and the cause), whole, with
+    any echoed object elided: it is long, and may hold values (env) that do not belong in status."""
     try:
         message = json.loads(error.body or "{}").get("message") or error.reason
     except (ValueError, AttributeError):
         message = error.reason
-    return str(message)[:limit]
+    elided = _QUOTED.sub(lambda quote: quote.group(0) if len(quote.group(0)) <= LONG_QUOTE else '"<object>"',
+                         str(message))
+    return elided.strip()
 
 
 @dataclass
@@ -93,7 +109,7 @@ class EndpointReconciler:
             try:
                 await self.cluster.apply(self.namespace, self.name, action, self.post_event)
             except ApiException as error:
-                if error.status != 422:  # Invalid: only the spec can fix it, retrying cannot
+                if error.status not in SPEC_ERRORS:  # only the spec can fix these, retrying cannot
                     raise
                 await self._report_invalid_spec(meta, current_status, f"the API refused an object rendered from "
                                                                       f"the spec: {api_message(error)}")
@@ -117,7 +133,12 @@ class EndpointReconciler:
         owned_old = {key: value for key, value in old.items() if key in STATUS_KEYS}
         patch = merge_patch(owned_old, new)
         if patch:
-            await self.cluster.patch_status(self.namespace, self.name, patch)
+            try:
+                await self.cluster.patch_status(self.namespace, self.name, patch)
+            except ApiException as error:
+                if error.status == 404:
+                    raise EndpointGone(f"{self.namespace}/{self.name}") from error
+                raise
             self.writes_done += 1
         self.written_status = {**old, **new}
         for key in owned_old.keys() - new.keys():

@@ -21,6 +21,7 @@ NO_SLOT = "none"
 SERVICE_PORT = 80
 PVC_MOUNT_ROOT = "/mnt/models"
 CACHE_DIR = "/var/cache/slotkeeper"
+DEFAULT_SERVICE_ACCOUNT = "default"
 
 
 def slot_object_name(endpoint: str, slot: str) -> str:
@@ -133,9 +134,10 @@ def render_slot_deployment(
         "volumes": volumes,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "automountServiceAccountToken": False,
+        # Always explicit: the apiserver refills an omitted serviceAccountName from the deprecated
+        # serviceAccount twin, so dropping the field from the spec could never take the old one away.
+        "serviceAccountName": serving.service_account_name or DEFAULT_SERVICE_ACCOUNT,
     }
-    if serving.service_account_name:
-        pod_spec["serviceAccountName"] = serving.service_account_name
 
     pod_labels = _labels(endpoint, slot, revision)
     return {

@@ -27,11 +27,19 @@ def selector(k8s, name="credit"):
     return (service or {}).get("spec", {}).get("selector")
 
 
+def switched_selector(data) -> dict | None:
+    """The selector a traffic switch (a JSON patch of the endpoint Service) sets; None for other writes."""
+    if isinstance(data, list):
+        return next((op["value"] for op in data if op.get("path") == "/spec/selector"), None)
+    return None
+
+
 def selector_patches(kmock) -> list[str]:
-    """The slots the endpoint Service was patched to select, repeats of the same value collapsed."""
+    """The slots traffic was switched to, repeats of the same value collapsed (creating the endpoint
+    Service, which selects no slot yet, is not a switch)."""
     slots: list[str] = []
     for request in kmock[kmock_lib.method.PATCH, SERVICES, kmock_lib.name("credit")]:
-        slot = ((request.data or {}).get("spec") or {}).get("selector", {}).get(SLOT)
+        slot = (switched_selector(request.data) or {}).get(SLOT)
         if slot and (not slots or slots[-1] != slot):
             slots.append(slot)
     return slots

@@ -32,6 +32,8 @@ LIVENESS_ARG = "--liveness=http://0.0.0.0:8080/healthz"
 ALLOWED = {
     ("slotkeeper.io", "modelendpoints"): {"get", "list", "watch", "patch"},
     ("slotkeeper.io", "modelendpoints/status"): {"get", "patch"},
+    # blockOwnerDeletion under OwnerReferencesPermissionEnforcement (OpenShift); no request of ours.
+    ("slotkeeper.io", "modelendpoints/finalizers"): {"update"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "pods"): {"get", "list", "watch"},

@@ -63,11 +63,13 @@ class World:
 
     def step(self, gates: Gates = Gates()) -> Decision:
         """A pass plus the passes it asks for at once (requeue 0), as the reconcile loop runs them:
-        a decision that moves traffic is written first and carried out by the next pass."""
+        a decision that moves traffic is written first and carried out by the next pass; a pass
+        that switched the selector is followed by the one its Service's watch event wakes."""
         decision = self.single_step(gates)
         actions = list(decision.actions)
         for _ in range(5):
-            if decision.requeue_after != 0:
+            switched = any(isinstance(action, SwitchTraffic) for action in decision.actions)
+            if decision.requeue_after != 0 and not switched:
                 break
             before = self.status
             decision = self.single_step()

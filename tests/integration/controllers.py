@@ -1,0 +1,85 @@
+"""Stand-ins for the controllers a real cluster runs, acting only through the API (so the operator
+sees their work as watch events, as it would on a cluster).
+
+:class:`DeploymentController` plays the Deployment + ReplicaSet controllers and the kubelet for the
+Deployments slotkeeper owns: each gets exactly ``spec.replicas`` ready Pods with its template's labels
+(pods of an older template are replaced), and a status that says so. :func:`selected_shares` is what
+kube-proxy would route by: the ready Pods the endpoint Service's selector picks, per slot.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+from kmock_cluster import DEPLOYMENTS, PODS, SERVICES, Kube, match_selector
+
+SLOT = "slotkeeper.io/slot"
+MANAGED = {"app.kubernetes.io/managed-by": "slotkeeper"}
+
+
+class DeploymentController:
+    def __init__(self, k8s: Kube, namespace: str = "default", period: float = 0.02) -> None:
+        self.k8s, self.namespace, self.period = k8s, namespace, period
+        self._names = itertools.count(1)
+
+    async def sync_once(self) -> None:
+        for deployment in self.k8s.objects(DEPLOYMENTS, namespace=self.namespace, labels=MANAGED):
+            await self._sync(deployment)
+
+    async def _sync(self, deployment: dict[str, Any]) -> None:
+        name = deployment["metadata"]["name"]
+        wanted = int(deployment["spec"].get("replicas", 1))
+        template = deployment["spec"]["template"]["metadata"]["labels"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        pods = [p for p in self.k8s.objects(PODS, namespace=self.namespace)
+                if all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+        current = [p for p in pods if p["metadata"]["labels"] == template]
+        for pod in [p for p in pods if p not in current] + current[wanted:]:  # old template first
+            await self.k8s.delete(PODS, pod["metadata"]["name"], namespace=self.namespace)
+        for _ in range(wanted - len(current)):
+            await self.k8s.create_pod(f"{name}-{next(self._names)}", labels=template, namespace=self.namespace,
+                                      waiting_reason=None, restart_count=0)
+        status = deployment.get("status") or {}
+        observed = deployment["metadata"].get("generation")
+        if (status.get("readyReplicas"), status.get("replicas"), status.get("observedGeneration")) != (
+                wanted, wanted, observed):
+            await self.k8s.set_deployment_status(name, namespace=self.namespace)
+
+    async def run(self) -> None:
+        while True:
+            await self.sync_once()
+            await asyncio.sleep(self.period)
+
+
+@contextlib.asynccontextmanager
+async def deployment_controller(k8s: Kube, namespace: str = "default") -> AsyncIterator[DeploymentController]:
+    controller = DeploymentController(k8s, namespace)
+    task = asyncio.create_task(controller.run(), name="fake-deployment-controller")
+    try:
+        yield controller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def selected_shares(k8s: Kube, service: str, namespace: str = "default") -> dict[str, int]:
+    """Each slot's share (percent, rounded half up) of the ready Pods the Service selects."""
+    found = k8s.peek(SERVICES, service, namespace=namespace)
+    selector = (found or {}).get("spec", {}).get("selector") or {}
+    requirements = [(key, "=", {value}) for key, value in selector.items()]
+    ready: dict[str, int] = {"blue": 0, "green": 0}
+    if selector:
+        for pod in k8s.objects(PODS, namespace=namespace):
+            labels = pod["metadata"].get("labels") or {}
+            conditions = (pod.get("status") or {}).get("conditions") or []
+            if match_selector(labels, requirements) and any(
+                    c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                ready[labels[SLOT]] = ready.get(labels[SLOT], 0) + 1
+    total = sum(ready.values())
+    if not total:
+        return {slot: 0 for slot in ready}
+    return {slot: (200 * n + total) // (2 * total) for slot, n in ready.items()}
