@@ -11,6 +11,7 @@ import math
 import re
 from typing import Any, Iterator, NamedTuple
 
+import cel
 import pytest
 from pydantic import ValidationError
 
@@ -223,7 +224,9 @@ def test_the_pvc_rule_and_the_operator_agree(uri):
 # ------------------------------------------------------------- what the apiserver checks of each rule
 
 REASONS = {"FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"}
-VALIDATION_KEYS = {"rule", "message", "messageExpression", "reason", "fieldPath", "optionalOldSelf"}
+# The fields of a ValidationRule a 1.28 apiserver knows (reason and fieldPath since 1.28; optionalOldSelf
+# only from 1.29 with CRDValidationRatcheting, and a 1.28 apiserver refuses it as an unknown field).
+VALIDATION_KEYS = {"rule", "message", "messageExpression", "reason", "fieldPath"}
 
 
 @pytest.mark.parametrize("rule", RULES, ids=rule_id)
@@ -246,8 +249,6 @@ def test_rule_message_reason_and_field_path_are_valid(rule: CelRule):
         assert validation["reason"] in REASONS, validation["reason"]
     if "fieldPath" in validation:
         assert resolve_field_path(rule.schema, validation["fieldPath"]) is not None, validation["fieldPath"]
-    if "optionalOldSelf" in validation:
-        assert "oldSelf" in compile_rule(rule.rule).variables(), "may not be set if oldSelf is not used in rule"
 
 
 def resolve_field_path(schema: dict[str, Any], path: str) -> dict[str, Any] | None:
@@ -290,11 +291,13 @@ _STRING_LITERAL = r"[rR]'[^']*'|[rR]\"[^\"]*\"|'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\
 
 class Ref(NamedTuple):
     """A field selection on ``self``: ``self.a.b.matches(...)`` is names ('a', 'b'), method 'matches';
-    ``has(self.a)`` is a presence test (costs 1, reads nothing)."""
+    ``has(self.a)`` is a presence test (costs 1, reads nothing); ``self.a != 'x'`` compares with a
+    literal (cel-go bounds that cost by the shorter side, the literal)."""
 
     names: tuple[str, ...]
     method: str | None
     presence: bool
+    literal_comparison: bool = False
 
 
 def field_refs(rule: str) -> list[Ref]:
@@ -305,8 +308,11 @@ def field_refs(rule: str) -> list[Ref]:
     for match in re.finditer(r"(?<![\w.])(has\(\s*)?self((?:\s*\.\s*[A-Za-z_]\w*)*)(\s*\()?", code):
         names = re.findall(r"[A-Za-z_]\w*", match.group(2))
         method = names.pop() if match.group(3) and names else None
-        presence = bool(match.group(1)) and method is None and code[match.end():].lstrip().startswith(")")
-        refs.append(Ref(tuple(names), method, presence))
+        after, before = code[match.end():], code[:match.start()]
+        presence = bool(match.group(1)) and method is None and after.lstrip().startswith(")")
+        literal_comparison = method is None and not match.group(3) and bool(
+            re.match(r"\s*[!=]=\s*''", after) or re.search(r"''\s*[!=]=\s*$", before))
+        refs.append(Ref(tuple(names), method, presence, literal_comparison))
     return refs
 
 
@@ -343,6 +349,9 @@ def test_field_refs_reads_selections_methods_and_presence_tests():
     assert field_refs("has(self.a) != has(self.b.c) && self.d <= 'self.e'") == [
         Ref(("a",), None, True), Ref(("b", "c"), None, True), Ref(("d",), None, False)]
     assert field_refs("size(self) > 0") == [Ref((), None, False)]
+    assert field_refs("self.source != 'pods' || 'web' == self.kind || self.a == self.b") == [
+        Ref(("source",), None, False, True), Ref(("kind",), None, False, True), Ref(("a",), None, False),
+        Ref(("b",), None, False)]
 
 
 # What the Kubernetes 1.28 CRD validation environment has: CEL's standard library (operators by their
@@ -367,10 +376,47 @@ def test_rule_calls_only_functions_the_apiserver_has(rule: CelRule):
                          f"(if it is, add it here and, if cel-rust lacks it, to cel_helpers.EXTENSION_FUNCTIONS)")
 
 
+_REGEX_CALL = re.compile(r"\.\s*(?:matches|find|findAll)\s*\(\s*(" + _STRING_LITERAL + r")")
+
+
+@pytest.mark.parametrize("rule", RULES, ids=rule_id)
+def test_rule_regexes_are_valid_re2(rule: CelRule):
+    """The apiserver compiles a literal regex when the CRD is created (RE2: no look-arounds, no
+    back-references); cel-rust's regex crate refuses the same constructs. Checked on its own, so a
+    regex behind a short-circuit that no example reaches is still compiled."""
+    for literal in _REGEX_CALL.findall(rule.rule):
+        try:
+            cel.evaluate(f"''.matches({literal})")
+        except Exception as error:  # noqa: BLE001
+            pytest.fail(f"{rule.path}: {literal} in {rule.rule!r} is not a valid RE2 regex: {error}")
+
+
+def _patterns(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                yield path, value
+            elif key != "x-kubernetes-validations":
+                yield from _patterns(value, f"{path}/{key}")
+
+
+def test_every_schema_pattern_is_valid_re2():
+    """`pattern` is a Go (RE2) regex in the apiserver too, refused when the CRD is created if it does
+    not compile there."""
+    patterns = list(_patterns(crd_schema()))
+    assert patterns
+    for path, pattern in patterns:
+        try:
+            cel.evaluate("''.matches(pattern)", {"pattern": pattern})
+        except Exception as error:  # noqa: BLE001
+            pytest.fail(f"{path}: {pattern!r} is not a valid RE2 regex: {error}")
+
+
 # ----------------------------------------------------------------------------------------------- cost
 
 STATIC_ESTIMATED_COST_LIMIT = 10_000_000  # per rule, times how often it can run (apiextensions validation)
 STATIC_ESTIMATED_CRD_COST_LIMIT = 100_000_000  # all rules of the CRD together
+MAX_REQUEST_BYTES = 3 * 1024 * 1024  # what the estimator assumes for a string or list without a bound
 
 
 def rules_with_cardinality(schema: dict[str, Any], path: str = "", cardinality: int | None = 1
@@ -389,19 +435,12 @@ def rules_with_cardinality(schema: dict[str, Any], path: str = "", cardinality: 
             yield from rules_with_cardinality(schema[key], f"{path}[*]", inner)
 
 
-def _string_length(node: dict[str, Any]) -> int | None:
-    if "maxLength" in node:
-        return node["maxLength"]
-    if "enum" in node:
-        return max(len(value) for value in node["enum"])
-    return None
-
-
 def rough_cost(rule: CelRule) -> int:
     """A coarse worst-case estimate with cel-go's cost factors (checker/cost.go) for what our rules do:
     1 per identifier, select, presence test and call; `matches`: ceil(0.1 * (length + 1)) *
-    ceil(0.25 * regex length); other string functions and comparisons: ceil(0.1 * length); reading a
-    list or map: 100 per item (a generous bound for a comprehension's body)."""
+    ceil(0.25 * regex length); comparing with a literal: ceil(0.1 * literal length); other string
+    functions and comparisons: ceil(0.1 * length); reading a list or map: 100 per item (a generous
+    bound for a comprehension's body). A string without maxLength counts as the largest request."""
     functions = compile_rule(rule.rule).functions()
     literals = [len(literal) for literal in re.findall(_STRING_LITERAL, rule.rule)]
     cost = len(functions)
@@ -411,8 +450,10 @@ def rough_cost(rule: CelRule) -> int:
         if ref.presence:
             continue
         if node.get("type") == "string":
-            length = _string_length(node) or 0
-            if ref.method == "matches":
+            length = node.get("maxLength", MAX_REQUEST_BYTES)
+            if ref.literal_comparison:
+                cost += math.ceil(0.1 * max(literals, default=1))
+            elif ref.method == "matches":
                 cost += math.ceil(0.1 * (length + 1)) * math.ceil(0.25 * max(literals, default=1))
             else:
                 cost += math.ceil(0.1 * length)
@@ -436,8 +477,8 @@ def test_rule_cost_is_bounded(rule: CelRule, cardinality: int | None):
         if ref.presence:  # has() reads no content
             continue
         kind = node.get("type")
-        if kind == "string":
-            assert _string_length(node) is not None, f"{rule.path}: {rule.rule!r} reads {name}: no maxLength"
+        if kind == "string" and not ref.literal_comparison:
+            assert "maxLength" in node, f"{rule.path}: {rule.rule!r} reads {name}: no maxLength"
         elif kind == "array":
             assert "maxItems" in node, f"{rule.path}: {rule.rule!r} reads {name}: no maxItems"
         elif kind == "object" and isinstance(node.get("additionalProperties"), dict):
