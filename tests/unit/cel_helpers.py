@@ -21,10 +21,10 @@ What differs and is covered elsewhere or refused loudly:
 - transition rules (``oldSelf``) need the old object: :func:`evaluate_rule` raises for them.
 - string formats that become CEL types (date-time, duration, byte) are not converted: raises.
 - the Kubernetes extension libraries (strings ``lowerAscii``..., lists, regex ``find``, ``url``,
-  ``quantity``...) are not in cel-rust. No rule uses one today; a rule that does fails to evaluate
-  here ("Undefined variable or function") until a Python implementation is passed in
-  :data:`EXTENSION_FUNCTIONS`. ``test_cel_rules.py`` also lists which functions the Kubernetes 1.28
-  environment has.
+  ``quantity``...) are not in cel-rust (``cel.stdlib`` has opt-in Python versions of some; not
+  registered here). No rule uses one today; a rule that does fails to evaluate here ("Undefined
+  variable or function") until a Python implementation is put in :data:`EXTENSION_FUNCTIONS`.
+  ``test_cel_rules.py`` also lists which functions the Kubernetes 1.28 environment has.
 - Perl classes in regexes (``\\s``, ``\\d``, ``\\w``) are Unicode in Rust's regex and ASCII in RE2:
   evaluate such rules on ASCII input only.
 """
