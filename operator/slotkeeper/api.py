@@ -65,8 +65,10 @@ PVC_URI = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/\S+$"
 class ModelSource(ApiModel):
     """What is served. Together with ``serving`` it defines the revision."""
 
+    # The regex goes into CEL as a raw string (r'...'): in a plain CEL string `\S` is an invalid
+    # escape, which the apiserver's compiler refuses. The regex is RE2 there (no look-arounds).
     model_config = ConfigDict(json_schema_extra=cel(
-        (f"!self.uri.startsWith('pvc://') || self.uri.matches('{PVC_URI}')",
+        (f"!self.uri.startsWith('pvc://') || self.uri.matches(r'{PVC_URI}')",
          "a pvc:// uri names a claim and a path in it: pvc://<claim>/<path>"),
     ))
 

@@ -1,6 +1,7 @@
 """Fifty malformed ModelEndpoints. Each is refused by the CRD's schema or CEL rules (evaluated here
-with jsonschema and cel-python) with a message naming the field; and should one reach the operator
-anyway (a skipped or older CRD), it creates nothing and marks the endpoint Degraded, naming the field."""
+with jsonschema and the conformant common-expression-language) with a message naming the field; and
+should one reach the operator anyway (a skipped or older CRD), it creates nothing and marks the
+endpoint Degraded, naming the field."""
 
 from __future__ import annotations
 
