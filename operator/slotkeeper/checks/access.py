@@ -165,8 +165,10 @@ def apiserver_refusal(status: int, text: str) -> str | None:
     reason, message = str(body.get("reason") or ""), str(body.get("message") or "")
     refusal = f"the Kubernetes API proxy answered {status}" + (f" {reason}" if reason else "") + \
               (f": {message[:200]}" if message else "")
-    if status in (401, 403):
-        refusal += f" (the operator's identity needs the proxy permissions of {LOCAL_RUN_RBAC})"
+    if status == 401:
+        refusal += " (the apiserver did not accept the operator's credentials)"
+    elif status == 403:
+        refusal += f" (the operator's identity needs the proxy permissions in {LOCAL_RUN_RBAC})"
     return refusal
 
 
