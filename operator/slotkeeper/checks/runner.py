@@ -5,6 +5,10 @@ What is due is read from the status the decision wrote last: validation once per
 ``Validating`` step; each metric check every ``intervalSeconds`` while the candidate is checked.
 ``source: pods`` keeps the previous scrape in memory (per revision): after a restart, the first
 evaluation only takes a new baseline and is Inconclusive.
+
+How the slot Service and the pods are reached (directly in the cluster, or through the apiserver's
+proxy from outside it) is the ``access`` object's business (:mod:`.access`); Prometheus and web checks
+use their URL as written.
 """
 
 from __future__ import annotations
@@ -19,28 +23,36 @@ import aiohttp
 from ..api import MetricCheck
 from ..decide import CHECKED_STEPS, Endpoint, Gates
 from ..observe import Observed
-from ..render import SERVICE_PORT, slot_object_name
+from .access import InCluster, SlotAccess, outside_cluster_hint, slot_service_url
 from .pod_metrics import PodMetrics, derive
 from .prometheus import query_prometheus, render_query
-from .scrape import scrape_pods
-from .validation import run_validation
+from .scrape import scrape_targets
+from .validation import infer_path, send_validation
 from .verdicts import MetricUnavailable, Verdict, due, evaluate, status_for
 from .web import fetch_web_value
 
 MAX_TIMEOUT_SECONDS = 10.0
+METRICS_PATH = "metrics"
 
-
-def slot_service_url(namespace: str, endpoint: str, slot: str) -> str:
-    return f"http://{slot_object_name(endpoint, slot)}.{namespace}.svc:{SERVICE_PORT}"
+__all__ = ["CheckRunner", "MAX_TIMEOUT_SECONDS", "slot_service_url"]
 
 
 @dataclass
 class CheckRunner:
+    """``CheckRunner(session, access=...)``; without ``access``, :class:`~.access.InCluster` (on
+    ``slot_url`` when given: the older spelling, kept for its callers; give one or the other)."""
     session: aiohttp.ClientSession
-    slot_url: Callable[[str, str, str], str] = slot_service_url
+    slot_url: Callable[[str, str, str], str] | None = None
     clock: Callable[[], float] = time.monotonic
+    access: SlotAccess | None = None  # how the slot Service and pods are reached; set in __post_init__
     # (revision, slot) -> (monotonic time, scrape): the baseline of the next pods evaluation
     _baselines: dict[tuple[str, str], tuple[float, list[PodMetrics]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.access is None:
+            self.access = InCluster(self.slot_url) if self.slot_url is not None else InCluster()
+        elif self.slot_url is not None:
+            raise TypeError("CheckRunner takes access or slot_url, not both (InCluster(slot_url) is the access)")
 
     async def run(self, endpoint: Endpoint, observed: Observed, now: datetime) -> Gates:
         rollout = endpoint.status.rollout
@@ -67,10 +79,12 @@ class CheckRunner:
         return Gates(validation=validation, verdicts=verdicts)
 
     async def _validate(self, endpoint: Endpoint, slot: str) -> tuple[bool, str]:
-        base_url = self.slot_url(endpoint.namespace, endpoint.name, slot)
+        path = infer_path(endpoint.spec.model.name)
         messages = []
         for request in endpoint.spec.checks.validation:
-            passed, message = await run_validation(self.session, base_url, endpoint.spec.model.name, request)
+            # A target per request: through the apiserver, each carries freshly refreshed credentials.
+            target = await self.access.slot_target(endpoint.namespace, endpoint.name, slot, path)
+            passed, message = await send_validation(self.session, target, request)
             if not passed:
                 return False, message
             messages.append(message)
@@ -79,13 +93,15 @@ class CheckRunner:
     async def _measure(self, check: MetricCheck, endpoint: Endpoint, slot: str, revision: str) -> Verdict:
         """A prometheus or web check's verdict; a source that cannot answer is Inconclusive."""
         timeout = min(float(check.interval_seconds), MAX_TIMEOUT_SECONDS)
+        url = (check.address if check.source == "prometheus" else check.url) or ""
         try:
             if check.source == "prometheus":
                 query = render_query(check.query or "", endpoint.namespace, endpoint.name, slot, revision)
-                return evaluate(check, await query_prometheus(self.session, check.address or "", query, timeout))
-            return evaluate(check, await fetch_web_value(self.session, check.url or "", check.json_path or "", timeout))
+                return evaluate(check, await query_prometheus(self.session, url, query, timeout))
+            return evaluate(check, await fetch_web_value(self.session, url, check.json_path or "", timeout))
         except MetricUnavailable as error:
-            return Verdict("Inconclusive", None, str(error))
+            hint = outside_cluster_hint(url, self.access.mode)
+            return Verdict("Inconclusive", None, f"{error}; {hint}" if hint else str(error))
 
     async def _pods_window(self, endpoint: Endpoint, observed: Observed, slot: str,
                            revision: str) -> tuple[dict[str, float | None], str]:
@@ -94,7 +110,8 @@ class CheckRunner:
         if not pods:
             return {}, f"no ready pod of revision {revision} in slot {slot}"
         timeout = min(float(min(c.interval_seconds for c in endpoint.spec.checks.metrics)), MAX_TIMEOUT_SECONDS)
-        scrape = await scrape_pods(self.session, pods, endpoint.spec.serving.port, timeout)
+        targets = await self.access.pod_targets(endpoint.namespace, pods, endpoint.spec.serving.port, METRICS_PATH)
+        scrape = await scrape_targets(self.session, targets, timeout)
         key, now = (revision, slot), self.clock()
         baseline = self._baselines.get(key)
         self._baselines = {key: (now, scrape.pods)}  # only the candidate's baseline is worth keeping

@@ -10,6 +10,7 @@ from urllib.parse import quote
 import aiohttp
 
 from ..api import Expectation, ExpectedOutput, ValidationRequest
+from .access import Target, apiserver_refusal, join_path
 
 
 def compare_response(expect: Expectation, status: int, body: dict | None) -> tuple[bool, str]:
@@ -36,24 +37,41 @@ def compare_response(expect: Expectation, status: int, body: dict | None) -> tup
     return True, f"status {status}; outputs {names} as expected"
 
 
+def infer_path(model_name: str) -> str:
+    """The v2 infer path of a model, relative to the server's root (percent-encoded)."""
+    return f"v2/models/{quote(model_name, safe='')}/infer"
+
+
 async def run_validation(
     session: aiohttp.ClientSession, base_url: str, model_name: str, request: ValidationRequest,
 ) -> tuple[bool, str]:
-    """POST the request to {base_url}/v2/models/{model_name}/infer and compare the reply.
+    """POST the request to {base_url}/v2/models/{model_name}/infer and compare the reply (see send_validation)."""
+    return await send_validation(session, Target(join_path(base_url, infer_path(model_name))), request)
 
-    Never raises: an unreachable server, a timeout or a reply that is not JSON is a failure with a
-    message (the candidate must answer its validation requests).
+
+async def send_validation(
+    session: aiohttp.ClientSession, target: Target, request: ValidationRequest,
+) -> tuple[bool, str]:
+    """POST the request to ``target`` (a slot's infer URL, direct or through the apiserver proxy) and
+    compare the reply.
+
+    Never raises: an unreachable server, a timeout, a refusal of the apiserver proxy (no ready
+    endpoint, no permission) or a reply that is not JSON is a failure with a message (the candidate
+    must answer its validation requests).
     """
-    url = f"{base_url.rstrip('/')}/v2/models/{quote(model_name, safe='')}/infer"
+    url = target.url
     prefix = f'validation "{request.name}": '
     try:
-        async with session.post(url, json=request.request,
+        async with session.post(url, json=request.request, **target.request_options(),
                                 timeout=aiohttp.ClientTimeout(total=request.timeout_seconds)) as reply:
             status, text = reply.status, await reply.text()
     except TimeoutError:
         return False, f"{prefix}no answer from {url} within {request.timeout_seconds:g}s"
     except aiohttp.ClientError as error:
         return False, f"{prefix}{url} unreachable: {error}"
+    refusal = apiserver_refusal(status, text) if target.through_apiserver else None
+    if refusal:  # the apiserver's own Status object, not the model's answer
+        return False, f"{prefix}{url} unreachable: {refusal}"
     try:
         body = json.loads(text)
     except ValueError:
