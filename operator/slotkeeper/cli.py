@@ -20,7 +20,8 @@ def _run_operator(args: argparse.Namespace) -> int:
         clusterwide=not args.namespace,
         namespaces=list(args.namespace),  # kopf iterates it even cluster-wide: never None
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(namespaced=bool(args.namespace), kubeconfig=args.kubeconfig, context=args.context),
+        memo=kopf.Memo(namespaced=bool(args.namespace), kubeconfig=args.kubeconfig, context=args.context,
+                       slot_access_mode=args.slot_access),
     ))
     return 0
 
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--namespace", action="append", default=[],
                      help="watch only this namespace (repeatable); default: all namespaces")
     run.add_argument("--liveness", default=None, help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--slot-access", choices=("auto", "direct", "apiserver-proxy"), default="auto",
+                     help="how validation requests and pods checks reach the candidate: direct (Service DNS "
+                          "names, pod IPs), apiserver-proxy (through the API server); auto: direct in a pod")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run_operator)
 

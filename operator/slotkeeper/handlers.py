@@ -33,6 +33,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from .api import GROUP, PLURAL, VERSION
+from .checks.access import make_slot_access
 from .checks.runner import CheckRunner
 from .cluster import Cluster
 from .observe import summarise_deployment, summarise_pod
@@ -120,7 +121,8 @@ async def _stop(loop: EndpointLoop) -> None:
 def build_api_client(kubeconfig: str | None = None, context: str | None = None) -> ApiClient:
     """The client configuration kubectl would use: ``--kubeconfig``/``--context``, else ``$KUBECONFIG``,
     else the pod's service account, else ``~/.kube/config``."""
-    if kubeconfig or context or os.environ.get("KUBECONFIG"):
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG")  # read now: the client reads it at import
+    if kubeconfig or context:
         return kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
     try:
         kubernetes.config.load_incluster_config()
@@ -151,6 +153,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         api_client = ApiClient(config) if config is not None else build_api_client(
             getattr(memo, "kubeconfig", None), getattr(memo, "context", None))
         memo.cluster = Cluster(api_client)
+    if getattr(memo, "slot_access", None) is None:  # how checks reach slot Services and pods
+        memo.slot_access = make_slot_access(getattr(memo, "slot_access_mode", "direct"),
+                                            memo.cluster.api_client.configuration,
+                                            slot_url=getattr(memo, "slot_url", None))
+        log.info("checks reach slots and pods: %s", memo.slot_access.mode)
     if getattr(memo, "loops", None) is None:
         memo.loops = EndpointLoops()
     if getattr(memo, "http", None) is None:  # for checks: scrapes, Prometheus, validation requests
@@ -225,7 +232,7 @@ async def reconcile_endpoint(
     reconciler = EndpointReconciler(
         namespace=namespace, name=name, cluster=memo.cluster,
         post_event=lambda **event: kopf.event(loop.body, **event),
-        checks=CheckRunner(memo.http, **({"slot_url": memo.slot_url} if getattr(memo, "slot_url", None) else {})),
+        checks=CheckRunner(memo.http, access=memo.slot_access),
     )
     backoff = RetryBackoff(base=getattr(memo, "retry_backoff", DEFAULT_BACKOFF_SECONDS))
     while not loop.stopped.is_set():

@@ -50,11 +50,19 @@ def spec_error(error: ValidationError) -> str:
 
 
 # Answers meaning "no object can be built from this spec": 400 when the body cannot even be decoded
-# (an invalid quantity on create), 422 when it decodes but does not validate (the same on a patch).
+# (an invalid quantity on create), 422 when it decodes but does not validate (the same on a patch),
+# and the 500 a server-side apply answers when the body does not fit the object's schema.
 SPEC_ERRORS = frozenset({400, 422})
+APPLY_SHAPE_ERROR = "failed to create typed patch object"
 # A quoted value this long is an object the apiserver echoes whole (a patch it could not apply).
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 LONG_QUOTE = 120
+
+
+def is_spec_error(error: ApiException) -> bool:
+    if error.status in SPEC_ERRORS:
+        return True
+    return error.status == 500 and api_message(error).startswith(APPLY_SHAPE_ERROR)
 
 
 class EndpointGone(Exception):
@@ -109,7 +117,7 @@ class EndpointReconciler:
             try:
                 await self.cluster.apply(self.namespace, self.name, action, self.post_event)
             except ApiException as error:
-                if error.status not in SPEC_ERRORS:  # only the spec can fix these, retrying cannot
+                if not is_spec_error(error):  # only the spec can fix these, retrying cannot
                     raise
                 await self._report_invalid_spec(meta, current_status, f"the API refused an object rendered from "
                                                                       f"the spec: {api_message(error)}")

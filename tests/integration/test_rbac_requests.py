@@ -1,0 +1,72 @@
+"""Every request the operator makes is one the install's RBAC allows: the ClusterRole (and the
+namespaced overlay's Role) are checked against what the operator really sent during a rollout, a
+canary, a revert and a deletion, not against a hand-kept list. A real cluster answers 403 to the
+rest (the operator runs as its own ServiceAccount there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from controllers import deployment_controller
+from kmock_cluster import MODELENDPOINTS, eventually
+from test_canary import CANARY, promote
+from test_operator import NEW_MODEL, status
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf's own client, the official client
+
+
+def verb(request) -> str:
+    method = request.method.value if hasattr(request.method, "value") else str(request.method)
+    method = method.upper()
+    if method == "GET":
+        if request.params.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if request.name else "list"
+    return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
+
+
+def grants(path: Path) -> set[tuple[str, str, str]]:
+    (role,) = [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc["kind"] in ("ClusterRole", "Role")]
+    return {(group, resource, v) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for v in rule["verbs"]}
+
+
+def operator_requests(kmock) -> set[tuple[str, str, str]]:
+    made = set()
+    for request in list(kmock):
+        agent = request.headers.get("User-Agent", "")
+        if request.resource is None or not agent.startswith(OPERATOR_AGENTS):
+            continue
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        made.add((request.resource.group or "", resource, verb(request)))
+        if verb(request) == "patch" and "apply-patch" in request.headers.get("Content-Type", ""):
+            made.add((request.resource.group or "", resource, "create"))  # an apply may create
+    return made
+
+
+async def test_every_request_of_a_canary_rollout_and_revert_is_allowed_by_the_rbac(operator, k8s, kmock):
+    async with deployment_controller(k8s):
+        await k8s.create_endpoint("credit", CANARY, namespace="default")
+        await eventually(lambda: status(k8s).get("phase") == "Healthy", timeout=10)
+        await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
+        await eventually(lambda: status(k8s).get("phase") == "Paused", timeout=10)
+        await k8s.patch(MODELENDPOINTS, "credit", {"metadata": {"annotations": {"slotkeeper.io/abort": "a1"}}},
+                        namespace="default")
+        await eventually(lambda: status(k8s).get("phase") == "RolledBack", timeout=10)
+        await promote(k8s, "after-revert")  # nothing to promote: still a request the operator reads
+        await k8s.delete(MODELENDPOINTS, "credit", namespace="default")
+        await eventually(lambda: ("default", "credit") not in operator.memo.loops)
+
+    made = operator_requests(kmock)
+    assert {("apps", "deployments", "patch"), ("", "services", "patch"),
+            ("slotkeeper.io", "modelendpoints/status", "patch")} <= made  # the test saw the writes
+    for role in (MANIFESTS / "rbac" / "cluster_role.yaml", MANIFESTS / "overlays" / "namespaced" / "role.yaml"):
+        allowed = grants(role)
+        if "namespaced" in str(role):  # a Role cannot grant cluster-scoped CRDs; kopf is told not to scan
+            made_here = {m for m in made if m[1] != "customresourcedefinitions"}
+        else:
+            made_here = made
+        assert made_here - allowed == set(), f"{role.name} does not allow: {sorted(made_here - allowed)}"
