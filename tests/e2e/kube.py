@@ -266,6 +266,23 @@ class Cluster:
                 return None
             raise
 
+    def served_shares(self, namespace: str, name: str) -> dict[str, int]:
+        """Each slot's share (percent, rounded half up) of the ready addresses behind the Service,
+        as the Endpoints controller published them for kube-proxy: what traffic really goes to."""
+        from slotkeeper.render import LABEL_SLOT
+
+        endpoints = self.core.read_namespaced_endpoints(name, namespace)
+        slots = {p.metadata.name: (p.metadata.labels or {}).get(LABEL_SLOT)
+                 for p in self.core.list_namespaced_pod(namespace).items}
+        ready = {"blue": 0, "green": 0}
+        for subset in endpoints.subsets or []:
+            for address in subset.addresses or []:  # ready ones only (not_ready_addresses are not served)
+                slot = slots.get(address.target_ref.name if address.target_ref else "")
+                if slot in ready:
+                    ready[slot] += 1
+        total = sum(ready.values())
+        return {slot: (200 * n + total) // (2 * total) if total else 0 for slot, n in ready.items()}
+
     def events(self, namespace: str, name: str) -> list[Any]:
         return list(self.core.list_namespaced_event(
             namespace, field_selector=f"involvedObject.name={name}").items)

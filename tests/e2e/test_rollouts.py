@@ -170,6 +170,10 @@ def test_canary_traffic_follows_ready_replicas(cluster, namespace, models, start
     assert status["traffic"]["blue"] + status["traffic"]["green"] == 100
     assert (ready, status["traffic"]) == ({"blue": 3, "green": 1}, {"blue": 75, "green": 25})
     assert selects(cluster, namespace, None), "during a canary step the endpoint selects both slots"
+    # What the Service really sends traffic to (its Endpoints), not only what the status says.
+    wait_until("the Service's ready endpoints to give the reported shares",
+               lambda: cluster.served_shares(namespace, NAME) == status["traffic"], 60,
+               describe=lambda: f"served {cluster.served_shares(namespace, NAME)}, status {status['traffic']}")
     log = client.wait_for("answers from both revisions", lambda log: log.count(v1) >= 5 and len(set(log.versions)) == 2)
     v2 = next(version for version in log.versions if version != v1)
 
@@ -178,6 +182,9 @@ def test_canary_traffic_follows_ready_replicas(cluster, namespace, models, start
     status = cluster.wait_for_phase(namespace, NAME, "Healthy", ROLLOUT_TIMEOUT, also=promoted_past(v1))
     assert status["stableRevision"] == v2
     assert status["traffic"] == {"blue": 0, "green": 100}
+    wait_until("the Service to send everything to green",
+               lambda: cluster.served_shares(namespace, NAME) == {"blue": 0, "green": 100}, 60,
+               describe=lambda: str(cluster.served_shares(namespace, NAME)))
     client.wait_for("the promoted revision only", lambda log: log.tail_is(v2, 20))
 
 
