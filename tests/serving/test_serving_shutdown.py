@@ -239,3 +239,38 @@ def test_workers_get_every_signal_at_once(spawn_server, model_files, tmp_path, w
     server.process.send_signal(second)
     assert server.process.wait(timeout=60) == 0  # both workers drained and exited 0 well before 600 s
     assert server.log_text().count(f"{second.name} during the shutdown delay: draining now") == 2
+
+
+def test_ctrl_c_during_the_drain_exits_without_waiting(spawn_server, score_py_dirs, tmp_path, wait_for):
+    release = tmp_path / "never-created"
+    server = spawn_server(
+        [],  # no delay: the first SIGINT starts the drain
+        env={
+            "SLOTKEEPER_MODEL_URI": str(score_py_dirs["inspect"]),
+            "SLOTKEEPER_MODEL_NAME": "slow",
+            "SCORE_RELEASE_FILE": str(release),
+        },
+    )
+    body = {"inputs": [{"name": "mode", "shape": [1], "datatype": "INT64", "data": [8]}]}  # held up to 60 s
+    results: list[object] = []
+
+    def post() -> None:
+        try:
+            results.append(httpx.post(server.base_url + "/v2/models/slow/infer", json=body, timeout=120))
+        except httpx.HTTPError as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    wait_for(lambda: server.counts()["in_flight"] == 1, timeout=20, what="the request to be in flight")
+    server.close_client()
+    server.process.send_signal(signal.SIGINT)
+    wait_for(lambda: _refuses_connections(server.base_url), timeout=20, what="the drain to start")
+    assert server.process.poll() is None  # waiting for the held request
+    server.process.send_signal(signal.SIGINT)
+    # 130, not 0: had the server waited for the request (released after 60 s), the drain would have completed.
+    assert server.process.wait(timeout=60) == 130
+    thread.join(timeout=60)
+    # The abandoned request fails: uvicorn answers 500 when its task is cancelled (or the connection drops).
+    assert results and (isinstance(results[0], httpx.HTTPError) or results[0].status_code == 500)
+    assert "SIGINT during the drain: exiting without waiting for in-flight requests" in server.log_text()
