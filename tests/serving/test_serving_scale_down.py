@@ -33,6 +33,7 @@ def test_scale_down_under_load_fails_no_request(tmp_path, model_files):
         min_new_connections=MIN_NEW_CONNECTIONS,
     )
     report = f"{figures} (server logs in {tmp_path})"
+    print(report)
     assert figures["requests"] >= MIN_REQUESTS, report
     assert figures["failed"] == 0, report
     assert figures["exit_codes"] == {"pod0": 0, "pod1": 0, "pod2": 0}, report
