@@ -150,6 +150,14 @@ def run(raw_data):
         return [mode]
     if mode == 7:
         return "plain text"
+    if mode == 8:
+        # Hold the request until the test creates the file named by
+        # SCORE_RELEASE_FILE (bounded, so a failed test cannot hang a worker).
+        release = os.environ["SCORE_RELEASE_FILE"]
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return [mode, int(os.path.exists(release))]
     return 42
 """
 
@@ -327,6 +335,8 @@ def spawn_server(tmp_path_factory) -> Iterator[Callable[..., RunningServer]]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLOTKEEPER_", "PROMETHEUS_"))}
         full_env.update({"SLOTKEEPER_HOST": "127.0.0.1", "SLOTKEEPER_PORT": str(port)})
         full_env.setdefault("SLOTKEEPER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        # No shutdown delay unless a test asks for one (an empty value means the default).
+        full_env["SLOTKEEPER_SHUTDOWN_DELAY_SECONDS"] = "0"
         full_env.update(env or {})
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
@@ -351,16 +361,23 @@ def spawn_server(tmp_path_factory) -> Iterator[Callable[..., RunningServer]]:
         return handle
 
     yield spawn
-    for handle in handles:
+    running = [handle for handle in handles if handle.process.poll() is None]
+    for handle in running:
         handle.close_client()
+        handle.process.send_signal(signal.SIGTERM)
+    for handle in running:
         process = handle.process
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGTERM)  # a second signal ends a shutdown delay
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+    for handle in handles:
+        handle.close_client()
 
 
 @pytest.fixture(scope="session")
@@ -371,8 +388,13 @@ def credit_server(start_server, model_files) -> RunningServer:
 
 @pytest.fixture(scope="session")
 def static_http(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """A local http.server on 127.0.0.1 serving a directory: (base URL, directory)."""
+    """A local http.server on 127.0.0.1 serving a directory: (base URL, directory).
+
+    /stall/... answers headers, then nothing for STALL_SECONDS; /hang/... answers
+    headers, then nothing until the session ends.
+    """
     root = tmp_path_factory.mktemp("www")
+    released = threading.Event()
 
     class QuietHandler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -386,6 +408,13 @@ def static_http(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                 self.end_headers()
                 time.sleep(STALL_SECONDS)
                 return
+            if self.path.startswith("/hang"):
+                # Headers, then silence until the session ends: a download that never finishes.
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                released.wait(timeout=600)
+                return
             super().do_GET()
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
@@ -393,6 +422,7 @@ def static_http(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", root
+    released.set()
     server.shutdown()
     server.server_close()
 

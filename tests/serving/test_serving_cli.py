@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -68,6 +67,13 @@ def test_flags_override_environment(spawn_server, model_files):
         (["--model-uri", "m.joblib", "--model-name", "a/b"], {}, "must not contain '/'"),
         (["--model-uri", "m.joblib", "--workers", "0"], {}, "workers must be >= 1"),
         (["--model-uri", "m.joblib"], {"SLOTKEEPER_LOG_LEVEL": "loud"}, "log level must be one of"),
+        (["--model-uri", "m.joblib", "--shutdown-delay-seconds", "-1"], {}, "shutdown delay must be"),
+        (["--model-uri", "m.joblib"], {"SLOTKEEPER_SHUTDOWN_DELAY_SECONDS": "nan"}, "shutdown delay must be"),
+        (
+            ["--model-uri", "m.joblib"],
+            {"SLOTKEEPER_SHUTDOWN_DELAY_SECONDS": "soon"},
+            "SLOTKEEPER_SHUTDOWN_DELAY_SECONDS must be a number",
+        ),
     ],
 )
 def test_invalid_configuration_exits_2(args, env, message):
@@ -85,43 +91,63 @@ def test_invalid_configuration_exits_2(args, env, message):
     assert message in result.stderr
 
 
-def test_sigterm_finishes_in_flight_requests(spawn_server, score_py_dirs, wait_for):
-    server = spawn_server(
-        [], env={"SLOTKEEPER_MODEL_URI": str(score_py_dirs["inspect"]), "SLOTKEEPER_MODEL_NAME": "slow"}
-    )
-    url = server.base_url + "/v2/models/slow/infer"
-    body = {"inputs": [{"name": "mode", "shape": [2], "datatype": "INT64", "data": [6, 1500]}]}  # run() sleeps 1.5 s
-    results: list[httpx.Response] = []
-    thread = threading.Thread(target=lambda: results.append(httpx.post(url, json=body, timeout=20)))
-    thread.start()
-    wait_for(lambda: server.counts()["in_flight"] == 1, timeout=10, what="the request to be in flight")
-
-    server.process.send_signal(signal.SIGTERM)
-    thread.join(timeout=20)
-    assert results and results[0].status_code == 200
-    assert results[0].json()["outputs"] == [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [6]}]
-    # uvicorn re-raises the captured SIGTERM after its graceful shutdown (exit status 143 in a container).
-    assert server.process.wait(timeout=20) in (0, -signal.SIGTERM)
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(server.base_url + "/v2/health/live", timeout=2)
-    log = server.log_text()
-    assert "Waiting for connections to close" in log or "Waiting for background tasks" in log or "Shutting down" in log
+def _refuses_connections(base_url: str) -> bool:
+    try:
+        httpx.get(base_url + "/v2/health/live", timeout=2)
+    except httpx.ConnectError:
+        return True
+    except httpx.HTTPError:
+        return False  # accepted, then cut off: the listener is closing
+    return False
 
 
-def test_sigterm_during_a_stalled_download_exits_promptly(spawn_server, static_http):
-    base, _ = static_http
+def test_sigterm_finishes_in_flight_requests(spawn_server, score_py_dirs, tmp_path, wait_for):
+    release = tmp_path / "release"
     server = spawn_server(
         [],
-        env={"SLOTKEEPER_MODEL_URI": f"{base}/stall/model.joblib", "SLOTKEEPER_MODEL_NAME": "stalled"},
+        env={
+            "SLOTKEEPER_MODEL_URI": str(score_py_dirs["inspect"]),
+            "SLOTKEEPER_MODEL_NAME": "slow",
+            "SCORE_RELEASE_FILE": str(release),
+        },
+    )
+    url = server.base_url + "/v2/models/slow/infer"
+    body = {"inputs": [{"name": "mode", "shape": [1], "datatype": "INT64", "data": [8]}]}  # run() waits for `release`
+    results: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: results.append(httpx.post(url, json=body, timeout=60)))
+    thread.start()
+    wait_for(lambda: server.counts()["in_flight"] == 1, timeout=20, what="the request to be in flight")
+    server.close_client()
+
+    server.process.send_signal(signal.SIGTERM)
+    # The drain has begun: no new connections ...
+    wait_for(lambda: _refuses_connections(server.base_url), timeout=20, what="the server to stop accepting")
+    # ... while the request in flight is held (run() cannot return before the file exists).
+    assert server.process.poll() is None and thread.is_alive() and not results
+    release.touch()
+    thread.join(timeout=60)
+    assert results and results[0].status_code == 200
+    assert results[0].json()["outputs"] == [{"name": "predict", "shape": [2], "datatype": "INT64", "data": [8, 1]}]
+    assert results[0].headers["connection"] == "close"
+    # A drain that finished every request is a clean exit.
+    assert server.process.wait(timeout=30) == 0
+    assert "SIGTERM: draining now (no shutdown delay configured)" in server.log_text()
+
+
+def test_sigterm_during_a_hung_download_exits_without_waiting(spawn_server, static_http):
+    base, _ = static_http
+    server = spawn_server(
+        ["--shutdown-delay-seconds", "600"],
+        env={"SLOTKEEPER_MODEL_URI": f"{base}/hang/model.joblib", "SLOTKEEPER_MODEL_NAME": "hung"},
         wait_ready=False,
     )
-    assert httpx.get(server.base_url + "/v2/models/stalled").json()["state"] == "loading"
-    started = time.monotonic()
+    assert httpx.get(server.base_url + "/v2/models/hung").json()["state"] == "loading"
     server.process.send_signal(signal.SIGTERM)
-    server.process.wait(timeout=15)
-    # The download hangs for 5 s; exiting must not wait for it (uvicorn re-raises
-    # SIGTERM once its graceful shutdown is done, ending the loader thread too).
-    assert time.monotonic() - started < 3
+    # The download never finishes (until the session ends) and the delay is
+    # 600 s: exiting at all proves the server waits for neither. Never ready,
+    # it was never in a Service's endpoints, so it has no traffic to wait for.
+    assert server.process.wait(timeout=60) == 0
+    assert "SIGTERM: draining now (never ready, so no shutdown delay)" in server.log_text()
 
 
 def test_several_workers_report_exact_totals(spawn_server, model_files, tmp_path, make_body):
@@ -150,12 +176,13 @@ def test_several_workers_report_exact_totals(spawn_server, model_files, tmp_path
 
 def test_settings_defaults_and_environment_parsing(tmp_path):
     settings = settings_from_env({"SLOTKEEPER_MODEL_URI": "/m"})
-    assert (settings.port, settings.workers, settings.max_request_bytes, settings.model_format) == (
-        8080,
-        1,
-        16 * MiB,
-        None,
-    )
+    assert (
+        settings.port,
+        settings.workers,
+        settings.max_request_bytes,
+        settings.model_format,
+        settings.shutdown_delay_seconds,
+    ) == (8080, 1, 16 * MiB, None, 5.0)
     parsed = settings_from_env(
         {
             "SLOTKEEPER_MODEL_URI": "/m",
@@ -167,6 +194,7 @@ def test_settings_defaults_and_environment_parsing(tmp_path):
             "SLOTKEEPER_MAX_REQUEST_BYTES": "1_000",
             "SLOTKEEPER_CACHE_DIR": str(tmp_path),
             "SLOTKEEPER_FASTPATH": "false",
+            "SLOTKEEPER_SHUTDOWN_DELAY_SECONDS": "2.5",
             "SLOTKEEPER_HOST": "",  # empty means unset
         }
     )
@@ -180,6 +208,7 @@ def test_settings_defaults_and_environment_parsing(tmp_path):
         max_request_bytes=1000,
         cache_dir=tmp_path,
         fastpath=False,
+        shutdown_delay_seconds=2.5,
     )
     assert settings_from_env(parsed.to_env()) == parsed
     with pytest.raises(ConfigError, match="SLOTKEEPER_FASTPATH"):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,8 +25,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import __version__, workers
+from . import lifecycle as _lifecycle
 from .config import Settings, current_settings
 from .fetch import ModelLoadError, redact_uri
+from .lifecycle import Lifecycle
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ModelMetrics
 from .models import ModelError, ServedModel, load_model
@@ -82,10 +85,11 @@ class ClientDisconnected(Exception):
 
 
 class ServingApp:
-    """ASGI entry point. `loader` is injectable so tests can control loading."""
+    """ASGI entry point. `loader` and `lifecycle` are injectable so tests can control loading and shutdown."""
 
-    def __init__(self, settings: Settings, *, loader=load_model) -> None:
+    def __init__(self, settings: Settings, *, loader=load_model, lifecycle: Lifecycle | None = None) -> None:
         self.settings = settings
+        self.lifecycle = lifecycle if lifecycle is not None else _lifecycle.PROCESS
         self.slot = ModelSlot(settings.model_name, settings.model_version)
         self.metrics = ModelMetrics(settings.model_name, settings.model_version)
         self._loader = loader
@@ -112,6 +116,11 @@ class ServingApp:
         )
 
     async def __call__(self, scope, receive, send) -> None:
+        if self.lifecycle.terminating and scope["type"] == "http":
+            # Shutting down: every answer closes its connection, so keep-alive
+            # clients reconnect through the load balancer, which soon stops
+            # choosing this server, instead of being cut off by the drain.
+            send = _closing_connection(send)
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self._infer_paths:
             await self._infer(scope, receive, send)
         else:
@@ -139,7 +148,7 @@ class ServingApp:
         log.info("loading model %r version %r from %s", self.slot.name, self.slot.version, shown)
         started = time.monotonic()
         try:
-            model = await asyncio.to_thread(self._loader, self.settings)
+            model = await _in_daemon_thread(self._loader, self.settings)
         except ModelLoadError as exc:
             self._fail(str(exc))
         except Exception as exc:  # a loader bug must not kill the server either
@@ -153,6 +162,7 @@ class ServingApp:
             gc.freeze()
             self.slot.set_ready(model)
             self.metrics.ready.set(1)
+            self.lifecycle.ever_ready = True
             workers.mark_ready()
             log.info("model %r ready after %.2f s", self.slot.name, time.monotonic() - started)
 
@@ -239,6 +249,8 @@ class ServingApp:
         return json_response({"live": True})
 
     def _not_ready_reason(self) -> str | None:
+        if self.lifecycle.terminating:
+            return "shutting down"
         if not self.slot.ready:
             return f"model {self.slot.name!r} is {self.slot.state}"
         if self.settings.workers > 1 and (count := workers.ready_workers()) < self.settings.workers:
@@ -286,6 +298,40 @@ class ServingApp:
         if exc.headers:
             response.headers.update(exc.headers)
         return response
+
+
+async def _in_daemon_thread(fn, *args):
+    """asyncio.to_thread on a daemon thread of its own: nothing waits for it at exit.
+
+    A stalled download or a slow init() must not hold up a shutdown; the
+    default executor's threads are joined when the event loop closes.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(setter, value) -> None:
+        if not future.done():  # cancelled meanwhile: the server is shutting down
+            setter(value)
+
+    def run() -> None:
+        try:
+            outcome = (future.set_result, fn(*args))
+        except BaseException as exc:
+            outcome = (future.set_exception, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name="slotkeeper-loader", daemon=True).start()
+    return await future
+
+
+def _closing_connection(send):
+    async def send_closing(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+
+    return send_closing
 
 
 def _content_length(scope) -> int | None:

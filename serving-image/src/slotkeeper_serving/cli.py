@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"verified fast predict for linear models (default: on) [{ENV['fastpath']}]",
     )
+    add(
+        "--shutdown-delay-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, keep serving this long while reporting not ready, then drain; "
+        f"a second SIGTERM/SIGINT ends the wait (default: 5) [{ENV['shutdown_delay_seconds']}]",
+    )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -55,10 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from .server import configure_logging, serve
+    from .shutdown import exit_now
 
     configure_logging(settings.log_level)
-    serve(settings)
-    return 0
+    exit_now(serve(settings))  # the server has shut down: leftover threads must not hold up the exit
+    return 0  # not reached
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ os.environ.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +37,14 @@ ENV = {
     "download_timeout_seconds": "SLOTKEEPER_DOWNLOAD_TIMEOUT_SECONDS",
     "max_model_bytes": "SLOTKEEPER_MAX_MODEL_BYTES",
     "fastpath": "SLOTKEEPER_FASTPATH",
+    # Set by the operator from the ModelEndpoint spec; the default suits most clusters.
+    "shutdown_delay_seconds": "SLOTKEEPER_SHUTDOWN_DELAY_SECONDS",
 }
+
+# How long a terminating server keeps accepting and answering (while reporting
+# not ready) before it drains: kube-proxy on every node, and any other load
+# balancer, needs that long to stop sending new connections (README: Shutdown).
+DEFAULT_SHUTDOWN_DELAY_SECONDS = 5.0
 
 
 class ConfigError(ValueError):
@@ -58,6 +66,7 @@ class Settings:
     max_model_bytes: int = 4 * GiB
     log_level: str = "info"
     fastpath: bool = True
+    shutdown_delay_seconds: float = DEFAULT_SHUTDOWN_DELAY_SECONDS
 
     def __post_init__(self) -> None:
         _check_path_segment("model name", self.model_name, allow_empty=False)
@@ -76,6 +85,8 @@ class Settings:
             raise ConfigError(f"max model bytes must be >= 1, got {self.max_model_bytes}")
         if self.download_timeout_seconds <= 0:
             raise ConfigError("download timeout must be > 0")
+        if not (math.isfinite(self.shutdown_delay_seconds) and self.shutdown_delay_seconds >= 0):
+            raise ConfigError(f"shutdown delay must be a finite number >= 0, got {self.shutdown_delay_seconds}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
@@ -134,6 +145,7 @@ _PARSERS = {
     "max_request_bytes": _parse_int,
     "max_model_bytes": _parse_int,
     "download_timeout_seconds": _parse_float,
+    "shutdown_delay_seconds": _parse_float,
     "fastpath": _parse_bool,
 }
 

@@ -40,32 +40,38 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # Longer than common proxy idle timeouts (60 s), so the server never
         # closes a connection a proxy is about to reuse.
         "timeout_keep_alive": 75,
-        # None: finish every in-flight request on SIGTERM; Kubernetes'
-        # terminationGracePeriodSeconds is the upper bound.
+        # None: finish every in-flight request once the drain starts (after
+        # the shutdown delay); Kubernetes' terminationGracePeriodSeconds is the upper bound.
         "timeout_graceful_shutdown": None,
     }
 
 
-def serve(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT; in-flight requests are finished first (uvicorn's graceful shutdown)."""
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT, then shut down without refusing traffic (see shutdown.py); the exit status.
+
+    On the first signal the server reports not ready and keeps serving for
+    settings.shutdown_delay_seconds, then finishes in-flight requests and exits.
+    """
     import uvicorn
 
     from .fetch import clear_downloads
     from . import workers
+    from .shutdown import run_server, run_workers
 
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     clear_downloads(settings.cache_dir)
     # Workers (and this process) read their settings from the environment.
     os.environ.update(settings.to_env())
     options = uvicorn_options(settings)
+    delay = settings.shutdown_delay_seconds
     if settings.workers == 1:
         # The variable is ours to manage: one process needs no shared files.
         os.environ.pop(workers.ENV, None)
         from .app import ServingApp
 
-        uvicorn.run(ServingApp(settings), **options)
-        return
+        return run_server(uvicorn.Config(ServingApp(settings), **options), delay)
     # Must be set before any worker imports prometheus_client.
     workers.prepare(settings.multiprocess_dir)
     os.environ[workers.ENV] = str(settings.multiprocess_dir)
-    uvicorn.run("slotkeeper_serving.app:create_app", factory=True, workers=settings.workers, **options)
+    config = uvicorn.Config("slotkeeper_serving.app:create_app", factory=True, workers=settings.workers, **options)
+    return run_workers(config, delay)
