@@ -133,6 +133,13 @@ class Serving(ApiModel):
     )
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
     service_account_name: str | None = Field(None, max_length=253)
+    shutdown_delay_seconds: int | None = Field(
+        None, ge=0, le=300,
+        description="Seconds a terminating pod keeps answering before it drains, so that no request is "
+                    "refused while its removal from the Service propagates to every node (kube-proxy). "
+                    "Absent: the serving image's default (5). The pod's terminationGracePeriodSeconds is "
+                    "this plus 25 s for requests in flight.",
+    )
 
 
 class Pause(ApiModel):

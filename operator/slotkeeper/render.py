@@ -22,6 +22,10 @@ SERVICE_PORT = 80
 PVC_MOUNT_ROOT = "/mnt/models"
 CACHE_DIR = "/var/cache/slotkeeper"
 DEFAULT_SERVICE_ACCOUNT = "default"
+# The serving image keeps answering this long after SIGTERM (SLOTKEEPER_SHUTDOWN_DELAY_SECONDS), then
+# drains; requests in flight get DRAIN_SECONDS more. 5 + 25 is Kubernetes' own default grace period.
+DEFAULT_SHUTDOWN_DELAY_SECONDS = 5
+DRAIN_SECONDS = 25
 
 
 def slot_object_name(endpoint: str, slot: str) -> str:
@@ -97,6 +101,10 @@ def render_slot_deployment(
         {"name": "SLOTKEEPER_CACHE_DIR", "value": CACHE_DIR},
         *(var.to_api() for var in serving.env),
     ]
+    if serving.shutdown_delay_seconds is not None:
+        env.append({"name": "SLOTKEEPER_SHUTDOWN_DELAY_SECONDS", "value": str(serving.shutdown_delay_seconds)})
+    shutdown_delay = DEFAULT_SHUTDOWN_DELAY_SECONDS if serving.shutdown_delay_seconds is None \
+        else serving.shutdown_delay_seconds
     # The root filesystem is read-only: the model cache and /tmp are emptyDirs.
     volumes = [{"name": "cache", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
     mounts = [{"name": "cache", "mountPath": CACHE_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
@@ -137,6 +145,9 @@ def render_slot_deployment(
         # Always explicit: the apiserver refills an omitted serviceAccountName from the deprecated
         # serviceAccount twin, so dropping the field from the spec could never take the old one away.
         "serviceAccountName": serving.service_account_name or DEFAULT_SERVICE_ACCOUNT,
+        # SIGTERM comes when the pod leaves the Service's endpoints, before every node has seen that:
+        # the server answers through the delay, then drains; the kubelet must not kill it sooner.
+        "terminationGracePeriodSeconds": shutdown_delay + DRAIN_SECONDS,
     }
 
     pod_labels = _labels(endpoint, slot, revision)
