@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "slotkeeper.io"
@@ -110,6 +110,56 @@ class EnvVar(ApiModel):
         return self
 
 
+# A resource.Quantity as controller-gen writes it into generated CRDs (e.g. a container's
+# resources.limits), with the sign left out: requests and limits must not be negative, which the
+# apiserver checks only when it gets the Deployment. `$` is the end of the text in RE2 and in Rust's
+# regex (pydantic); `pattern` and `maxLength` apply to strings only, `minimum` to integers only.
+QUANTITY_PATTERN = (r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+                    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+QUANTITY_MAX_LENGTH = 64
+MAX_RESOURCES = 16
+QUANTITY_SCHEMA: dict[str, Any] = {
+    # The one union a structural schema allows: no `type` here, exactly these two under anyOf.
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "x-kubernetes-int-or-string": True,
+    "pattern": QUANTITY_PATTERN,
+    "maxLength": QUANTITY_MAX_LENGTH,
+    "minimum": 0,
+}
+
+
+def _quantity(value: Any) -> int | str:
+    """What the CRD accepts for a quantity, kept as written (an int stays an int: the revision hash
+    and the rendered Deployment see the user's value)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"a quantity is an integer or a string such as 500m, 2 or 1Gi, not {type(value).__name__}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a quantity must not be negative: {value}")
+        return value
+    if len(value) > QUANTITY_MAX_LENGTH:
+        raise ValueError(f"a quantity has at most {QUANTITY_MAX_LENGTH} characters")
+    if not re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (such as 500m, 2, 1.5 or 1Gi)")
+    return value
+
+
+Quantity = Annotated[int | str, PlainValidator(_quantity), WithJsonSchema(QUANTITY_SCHEMA)]
+ResourceList = Annotated[dict[str, Quantity], Field(max_length=MAX_RESOURCES)]
+
+
+class Resources(ApiModel):
+    """A container's resources, as core/v1 ResourceRequirements without ``claims`` (a claim names an
+    entry of the pod's ``resourceClaims``, which slotkeeper does not render)."""
+
+    requests: ResourceList | None = Field(
+        None, description="Resource name (cpu, memory, nvidia.com/gpu, ...) to the minimum amount required.",
+    )
+    limits: ResourceList | None = Field(
+        None, description="Resource name to the maximum amount allowed.",
+    )
+
+
 class Serving(ApiModel):
     """The slot's pod template, in the user's words."""
 
@@ -127,9 +177,9 @@ class Serving(ApiModel):
     port: int = Field(8080, ge=1, le=65535, description="The container port the model server listens on.")
     readiness_path: str = Field("/v2/health/ready", pattern=r"^/\S*$", max_length=256)
     liveness_path: str = Field("/v2/health/live", pattern=r"^/\S*$", max_length=256)
-    resources: dict[str, Any] = Field(
-        default_factory=dict, json_schema_extra=FREE_FORM,
-        description="As in a container's resources (requests, limits).",
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="As in a container's resources: requests and limits, validated as Kubernetes quantities.",
     )
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
     service_account_name: str | None = Field(None, max_length=253)

@@ -35,6 +35,12 @@ def structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> di
         target = defs[schema["$ref"].rsplit("/", 1)[-1]]
         merged = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
         return structural(merged, defs)
+    if schema.get("x-kubernetes-int-or-string"):
+        # The one union a structural schema allows: `anyOf: [{type: integer}, {type: string}]` and no
+        # `type` beside it; value validations (pattern, maxLength, minimum...) sit at this level.
+        if schema.get("anyOf") != [{"type": "integer"}, {"type": "string"}] or "type" in schema:
+            raise ValueError(f"an int-or-string node has no type and anyOf [integer, string]: {schema}")
+        return {k: v for k, v in schema.items() if k != "title"}
     if "anyOf" in schema:
         options = [option for option in schema["anyOf"] if option.get("type") != "null"]
         if len(options) != 1:

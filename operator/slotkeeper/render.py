@@ -117,7 +117,7 @@ def render_slot_deployment(
         "image": serving.image or default_serving_image(),
         "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
         "env": env,
-        "resources": serving.resources,
+        "resources": serving.resources.to_api(),
         "readinessProbe": {
             "httpGet": {"path": serving.readiness_path, "port": "http"},
             "periodSeconds": 2, "failureThreshold": 3,

@@ -32,6 +32,7 @@ What differs and is covered elsewhere or refused loudly:
 from __future__ import annotations
 
 import copy
+import re
 from functools import lru_cache
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -162,9 +163,48 @@ def _cel_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
     return errors
 
 
+def re2_end_of_text(pattern: str) -> str:
+    """``pattern`` for Python's ``re`` with RE2's meaning of ``$``: the end of the text. (Python's
+    ``$`` also matches before a final newline, so ``'1Mi\\n'`` would pass ``^...$``; the apiserver's
+    Go regexp refuses it.) ``$`` escaped or in a character class is left alone."""
+    out, index, in_class = [], 0, False
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            out.append(pattern[index:index + 2])
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            # a `]` first in the class (after an optional `^`) is a literal
+            lead = "^]" if pattern.startswith("^]", index + 1) else "]" if pattern.startswith("]", index + 1) else ""
+            out.append(char + lead)
+            index += 1 + len(lead)
+            continue
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def _re2_pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not re.search(re2_end_of_text(pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# Draft 4 as the apiserver applies it: `pattern` with RE2's `$`. The rest is as jsonschema has it,
+# which for an int-or-string node (`anyOf: [{type: integer}, {type: string}]` with pattern, maxLength
+# and minimum beside it) is what the apiserver does too: a bool or a float is neither type, `pattern`
+# and `maxLength` apply to strings only and `minimum` to numbers only.
+ApiserverValidator = jsonschema.validators.extend(jsonschema.Draft4Validator, {"pattern": _re2_pattern})
+
+
 def openapi_errors(obj: dict[str, Any]) -> list[str]:
     """What the OpenAPI part of the schema says about ``obj``, as '<path>: <message>'."""
-    validator = jsonschema.Draft4Validator(crd_schema())
+    validator = ApiserverValidator(crd_schema())
     return [
         f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
         for error in validator.iter_errors(obj)

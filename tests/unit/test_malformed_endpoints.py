@@ -1,4 +1,4 @@
-"""Fifty malformed ModelEndpoints. Each is refused by the CRD's schema or CEL rules (evaluated here
+"""More than fifty malformed ModelEndpoints. Each is refused by the CRD's schema or CEL rules (evaluated here
 with jsonschema and the conformant common-expression-language) with a message naming the field; and
 should one reach the operator anyway (a skipped or older CRD), it creates nothing and marks the
 endpoint Degraded, naming the field."""
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from slotkeeper.actions import ApplyDeployment
 from slotkeeper.reconciler import EndpointReconciler, ObservedSources
 
 from .cel_helpers import schema_errors
@@ -109,6 +110,36 @@ MALFORMED = {
                               "spec.checks.metrics"),
     "bad model format": (mutate("model.format", "onnx"), "spec.model.format"),
     "bad uri scheme": (mutate("model.uri", "s3://bucket/model.joblib"), "spec.model.uri"),
+    # quantities the apiserver would refuse only in the Deployment (400 on create, 422 on a patch)
+    "cpu request is lots": (mutate("serving.resources", {"requests": {"cpu": "lots"}}),
+                            "spec.serving.resources.requests.cpu"),
+    "memory limit in Gb": (mutate("serving.resources", {"limits": {"memory": "1Gb"}}),
+                           "spec.serving.resources.limits.memory"),
+    "negative cpu request": (mutate("serving.resources", {"requests": {"cpu": "-500m"}}),
+                             "spec.serving.resources.requests.cpu"),
+    "negative integer quantity": (mutate("serving.resources", {"limits": {"cpu": -1}}),
+                                  "spec.serving.resources.limits.cpu"),
+    "empty quantity": (mutate("serving.resources", {"requests": {"memory": ""}}),
+                       "spec.serving.resources.requests.memory"),
+    "quantity is a float": (mutate("serving.resources", {"requests": {"cpu": 1.5}}),
+                            "spec.serving.resources.requests.cpu"),
+    "quantity is a boolean": (mutate("serving.resources", {"limits": {"nvidia.com/gpu": True}}),
+                              "spec.serving.resources.limits.nvidia.com/gpu"),
+    "huge quantity": (mutate("serving.resources", {"limits": {"memory": "1" * 65}}),
+                      "spec.serving.resources.limits.memory"),
+    "too many resources": (mutate("serving.resources", {"requests": {f"example.com/r{i}": 1 for i in range(17)}}),
+                           "spec.serving.resources.requests"),
+    "resources is a string": (mutate("serving.resources", "500m"), "spec.serving.resources"),
+}
+
+# Quantities the CRD and the operator accept, rendered into the Deployment as written.
+ACCEPTED_RESOURCES = {
+    "cpu 500m": {"requests": {"cpu": "500m"}},
+    "cpu 2": {"requests": {"cpu": 2}},
+    "memory 1Gi": {"requests": {"memory": "1Gi"}, "limits": {"memory": "1Gi"}},
+    "one gpu": {"limits": {"nvidia.com/gpu": 1}},
+    "cpu 1.5 as a string": {"requests": {"cpu": "1.5"}},
+    "zero and exponent": {"requests": {"cpu": 0, "ephemeral-storage": "1e9"}},
 }
 
 
@@ -144,15 +175,21 @@ class RecordingCluster:
         self.status_patches.append(patch)
 
 
-@pytest.mark.parametrize("name", MALFORMED)
-async def test_operator_creates_nothing_and_names_the_field(name):
-    spec, field = MALFORMED[name]
+async def reconcile_once(spec: dict[str, Any]) -> tuple[RecordingCluster, list[dict]]:
+    """One pass of the reconciler over a new endpoint, schema skipped."""
     cluster = RecordingCluster()
     events: list[dict] = []
     reconciler = EndpointReconciler(namespace="ml", name="credit", cluster=cluster,
                                     post_event=lambda **event: events.append(event))
     body = {"metadata": {"name": "credit", "namespace": "ml", "uid": "u1", "generation": 1}, "spec": spec}
     await reconciler.reconcile(body, ObservedSources(deployments=[], pods=[], services={}))
+    return cluster, events
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+async def test_operator_creates_nothing_and_names_the_field(name):
+    spec, field = MALFORMED[name]
+    cluster, events = await reconcile_once(spec)
 
     assert cluster.actions == []
     (patch,) = cluster.status_patches
@@ -162,3 +199,30 @@ async def test_operator_creates_nothing_and_names_the_field(name):
     top = field.split(".")[1] if "." in field else "spec"
     assert f"spec.{top}" in degraded["message"] or top == "spec", degraded["message"]
     assert events and events[0]["reason"] == "InvalidSpec"
+
+
+@pytest.mark.parametrize("name", [name for name, (_, field) in MALFORMED.items() if ".resources" in field])
+async def test_operator_names_the_whole_path_of_a_bad_quantity(name):
+    spec, field = MALFORMED[name]
+    cluster, _ = await reconcile_once(spec)
+    (patch,) = cluster.status_patches
+    (degraded,) = [c for c in patch["conditions"] if c["type"] == "Degraded"]
+    assert f"{field}:" in degraded["message"], degraded["message"]
+
+
+@pytest.mark.parametrize("name", ACCEPTED_RESOURCES)
+def test_schema_accepts_kubernetes_quantities(name):
+    spec = mutate("serving.resources", ACCEPTED_RESOURCES[name])
+    body = {"apiVersion": "slotkeeper.io/v1alpha1", "kind": "ModelEndpoint",
+            "metadata": {"name": "credit", "namespace": "ml"}, "spec": spec}
+    assert schema_errors(body) == []
+
+
+@pytest.mark.parametrize("name", ACCEPTED_RESOURCES)
+async def test_operator_renders_kubernetes_quantities_as_written(name):
+    cluster, _ = await reconcile_once(mutate("serving.resources", ACCEPTED_RESOURCES[name]))
+    (patch,) = cluster.status_patches
+    assert patch["phase"] == "Progressing", patch
+    (deployment,) = [a.body for a in cluster.actions if isinstance(a, ApplyDeployment)]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] == ACCEPTED_RESOURCES[name]

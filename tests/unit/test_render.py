@@ -95,3 +95,23 @@ def test_revision_ignores_replicas_and_key_order_but_not_the_model():
     assert revision_of(base) != revision_of(make_spec(uri="file:///models/credit/2/model.joblib"))
     assert revision_of(base) != revision_of(make_spec(serving={"replicas": 2, "image": "other:1"}))
     assert len(revision_of(base)) == 10
+
+
+RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi", "nvidia.com/gpu": 1}}
+
+
+def test_resources_are_rendered_as_written():
+    (container,) = deployment(make_spec(serving={"replicas": 2, "resources": RESOURCES}))["spec"]["template"][
+        "spec"]["containers"]
+    assert container["resources"] == RESOURCES
+    assert type(container["resources"]["limits"]["nvidia.com/gpu"]) is int  # not "1": the user's value
+    (container,) = deployment()["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] == {}
+
+
+def test_typed_resources_keep_every_revision_as_it_was():
+    """The revision hashes from before serving.resources was typed: upgrading the operator must not
+    start a rollout of every endpoint."""
+    assert revision_of(make_spec()) == "9c802ca3f2"
+    assert revision_of(make_spec(serving={"replicas": 2, "resources": {}})) == "9c802ca3f2"
+    assert revision_of(make_spec(serving={"replicas": 2, "resources": RESOURCES})) == "a37e295d82"
