@@ -188,15 +188,17 @@ async def test_cli_abort_reverts_a_rollout_once_and_status_shows_it(operator, k8
 
 
 async def test_object_the_api_refuses_marks_the_endpoint_degraded_with_its_message(operator, k8s, kmock):
-    # Only the apiserver knows a bad quantity in the free-form `serving.resources`.
-    message = ('Deployment.apps "credit-blue" is invalid: spec.template.spec.containers[0].resources.limits[cpu]: '
-               'Invalid value: "lots": must match the regex')
-    kmock.fail("create", DEPLOYMENTS, status=422, times=None, message=message)
-    await k8s.create_endpoint("credit", {**SPEC, "serving": {"replicas": 1, "resources": {"limits": {"cpu": "lots"}}}},
+    # Only the apiserver knows that requests may not exceed limits (the CRD checks each quantity alone).
+    message = ('Deployment.apps "credit-blue" is invalid: spec.template.spec.containers[0].resources.requests: '
+               'Invalid value: "2": must be less than or equal to cpu limit of 1')
+    kmock.fail("patch", DEPLOYMENTS, status=422, times=None, message=message)
+    resources = {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}
+    await k8s.create_endpoint("credit", {**SPEC, "serving": {"replicas": 1, "resources": resources}},
                               namespace="default")
     await eventually(lambda: status(k8s).get("phase") == "Degraded")
     degraded = condition(k8s, "Degraded")
-    assert degraded["reason"] == "InvalidSpec" and "resources.limits[cpu]" in degraded["message"]
+    assert degraded["reason"] == "InvalidSpec" and "resources.requests" in degraded["message"]
+    assert degraded["message"].endswith("must be less than or equal to cpu limit of 1")
     assert deployment(k8s, "blue") is None
     await eventually(lambda: any(e["reason"] == "InvalidSpec" and e["type"] == "Warning"
                                  for e in k8s.events_for("credit", namespace="default")))
