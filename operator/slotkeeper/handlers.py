@@ -118,17 +118,43 @@ async def _stop(loop: EndpointLoop) -> None:
             await loop.task
 
 
-def build_api_client(kubeconfig: str | None = None, context: str | None = None) -> ApiClient:
+def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> kubernetes.client.Configuration:
     """The client configuration kubectl would use: ``--kubeconfig``/``--context``, else ``$KUBECONFIG``,
     else the pod's service account, else ``~/.kube/config``."""
+    configuration = kubernetes.client.Configuration()
     kubeconfig = kubeconfig or os.environ.get("KUBECONFIG")  # read now: the client reads it at import
     if kubeconfig or context:
-        return kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
+        kubernetes.config.load_kube_config(config_file=kubeconfig, context=context,
+                                           client_configuration=configuration)
+        return configuration
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return ApiClient()
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+def build_api_client(kubeconfig: str | None = None, context: str | None = None) -> ApiClient:
+    return ApiClient(load_configuration(kubeconfig, context))
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo | None:
+    """kopf's watches connect where slotkeeper's own writes go. kopf's fallback login knows neither
+    ``--kubeconfig`` nor ``--context``: with it, ``slotkeeper run --context staging`` would watch one
+    cluster and write to another (or fail to start)."""
+    if getattr(memo, "kube_config", None) is not None:
+        return None  # a test or benchmark connects kopf to its API double itself
+    configuration = load_configuration(getattr(memo, "kubeconfig", None), getattr(memo, "context", None))
+    header = configuration.get_api_key_with_prefix("BearerToken") or \
+        configuration.get_api_key_with_prefix("authorization")
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host, ca_path=configuration.ssl_ca_cert, insecure=not configuration.verify_ssl,
+        username=configuration.username or None, password=configuration.password or None,
+        scheme=scheme or None, token=token or None,
+        certificate_path=configuration.cert_file, private_key_path=configuration.key_file,
+    )
 
 
 @kopf.on.startup()

@@ -38,8 +38,8 @@ def operator_requests(kmock) -> set[tuple[str, str, str]]:
     made = set()
     for request in list(kmock):
         agent = request.headers.get("User-Agent", "")
-        if request.resource is None or not agent.startswith(OPERATOR_AGENTS):
-            continue
+        if request.resource is None or request.resource.plural is None or not agent.startswith(OPERATOR_AGENTS):
+            continue  # discovery (/api, /apis/<group>/<version>) is open to every authenticated client
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
         made.add((request.resource.group or "", resource, verb(request)))
         if verb(request) == "patch" and "apply-patch" in request.headers.get("Content-Type", ""):

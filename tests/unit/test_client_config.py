@@ -27,8 +27,9 @@ def in_a_pod(monkeypatch):
     """Make in-cluster config loadable, as in a pod; record whether it was used."""
     used = []
 
-    def load_incluster_config():
+    def load_incluster_config(client_configuration=None):
         used.append(True)
+        client_configuration.host = "https://kubernetes.default.svc"
     monkeypatch.setattr(handlers.kubernetes.config, "load_incluster_config", load_incluster_config)
     return used
 
@@ -67,5 +68,15 @@ def test_context_selects_the_cluster(tmp_path, monkeypatch, in_a_pod):
 
 def test_without_kubeconfig_a_pod_uses_its_service_account(monkeypatch, in_a_pod):
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    handlers.build_api_client()
+    assert handlers.build_api_client().configuration.host == "https://kubernetes.default.svc"
     assert in_a_pod == [True]
+
+
+def test_kopf_logs_in_where_the_operator_writes(tmp_path, monkeypatch, in_a_pod):
+    """kopf's own fallback login would read neither --kubeconfig nor --context."""
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    path = kubeconfig(tmp_path / "config", one="https://one.example", two="https://two.example")
+    memo = handlers.kopf.Memo(kubeconfig=path, context="two")
+    info = handlers.login(memo=memo)
+    assert (info.server, info.token, info.scheme) == ("https://two.example", "t", "Bearer")
+    assert handlers.login(memo=handlers.kopf.Memo(kube_config=object())) is None  # tests bring their own
