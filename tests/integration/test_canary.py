@@ -30,7 +30,8 @@ async def test_every_canary_step_moves_the_traffic_status_reports(operator, k8s)
         await k8s.create_endpoint("credit", CANARY, namespace="default")
         await eventually(lambda: status(k8s).get("phase") == "Healthy", timeout=10, message="first revision")
         await eventually(lambda: selected_shares(k8s, "credit") == {"blue": 100, "green": 0})
-        assert status(k8s)["traffic"] == {"blue": 100, "green": 0}
+        # The switch shows in status.traffic once the watches have shown it: a pass later.
+        await eventually(lambda: status(k8s)["traffic"] == {"blue": 100, "green": 0})
 
         await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
         # R=2: setWeight 20 is 1 candidate pod beside 2 (33 %), 50 is 2 and 2, 80 is 2 beside 1 (67 %).
