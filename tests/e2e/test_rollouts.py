@@ -60,11 +60,12 @@ def promoted_past(revision: str):
 def test_first_rollout_serves_from_the_blue_slot(cluster, namespace, models, start_client):
     cluster.create_endpoint(namespace, NAME, endpoint_spec(models))
 
-    status = cluster.wait_for_phase(namespace, NAME, "Healthy", READY_TIMEOUT)
+    # status.traffic follows the Service as the operator's watch shows it: a moment after the switch.
+    status = cluster.wait_for_phase(namespace, NAME, "Healthy", READY_TIMEOUT,
+                                    also=lambda s: s.get("traffic") == {"blue": 100, "green": 0})
 
     revision = status["stableRevision"]
     assert status["activeSlot"] == "blue"
-    assert status["traffic"] == {"blue": 100, "green": 0}
     assert status["url"] == f"http://{NAME}.{namespace}.svc.cluster.local"
     assert condition(status, "Ready")["status"] == "True"
     assert status["history"][-1]["outcome"] == "Promoted"
@@ -179,9 +180,9 @@ def test_canary_traffic_follows_ready_replicas(cluster, namespace, models, start
 
     cluster.slotkeeper("promote", NAME, "-n", namespace)
 
-    status = cluster.wait_for_phase(namespace, NAME, "Healthy", ROLLOUT_TIMEOUT, also=promoted_past(v1))
+    status = cluster.wait_for_phase(namespace, NAME, "Healthy", ROLLOUT_TIMEOUT,
+                                    also=lambda s: promoted_past(v1)(s) and s.get("traffic") == {"blue": 0, "green": 100})
     assert status["stableRevision"] == v2
-    assert status["traffic"] == {"blue": 0, "green": 100}
     wait_until("the Service to send everything to green",
                lambda: cluster.served_shares(namespace, NAME) == {"blue": 0, "green": 100}, 60,
                describe=lambda: str(cluster.served_shares(namespace, NAME)))
