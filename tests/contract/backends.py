@@ -120,10 +120,10 @@ class Backend:
                         yield json.loads(line)
         try:
             yield events()
-        finally:
-            response.release_conn()
+        finally:  # close the connection (the server may still be streaming), then return it to the pool
             with contextlib.suppress(Exception):
                 response.close()
+            response.release_conn()
 
     # ---- conveniences --------------------------------------------------------------------------
 
