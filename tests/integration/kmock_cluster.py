@@ -2664,6 +2664,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             suffix = ''.join(random.choices(string.ascii_lowercase + string.digits, k=5))
             meta['name'] = f"{meta['generateName']}{suffix}"
         name = meta['name']
+        sent = data.setdefault('metadata', {}) if isinstance(data.get('metadata', {}), dict) else {}
+        sent.update(name=name, **({'namespace': request.namespace} if target.namespaced else {}))  # for subclasses' readers
         if target.builtin and (error := decode_error(obj, target.node)) is not None:
             raise bad_request(f'{target.kind} in version "{target.resource.version}" cannot be handled as a '
                               f'{target.kind}: {error}')
@@ -2720,6 +2722,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if content_type == APPLY_PATCH:
             await self._do_apply(request, target, key, stored)
             return
+        if content_type not in (JSON_PATCH, MERGE_PATCH) and not (content_type == STRATEGIC_MERGE_PATCH and target.builtin):
+            accepted = _UNKNOWN_FORMAT + (', application/strategic-merge-patch+json' if target.builtin else '')
+            raise api_error(415, accepted, 'UnsupportedMediaType', {})
         if stored is None:
             raise not_found(target.resource, request.name or '')
         old = _json_copy(stored)
