@@ -2289,7 +2289,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return self.resources._resources.get(resource)  # private: avoid auto-creating entries
 
     def _known(self, resource: kmock.resource | None) -> bool:
-        return resource is not None and (resource in self._custom or any(r == resource for r in self._get_resources()))
+        if resource is None:
+            return False
+        if resource in self._custom or self._info(resource) is not None:  # O(1): the usual case
+            return True
+        return any(r == resource for r in self._get_resources())  # declared by reactions or stored objects
 
     def _target(self, resource: kmock.resource) -> _Target:
         custom = self._custom.get(resource)
@@ -2903,7 +2907,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if not manager:
             raise bad_request('PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
                               'is required for apply patch')
-        force = request.params.get('force') == 'true'
+        force = request.params.get('force') in ('1', 't', 'T', 'true', 'TRUE', 'True')  # Go's strconv.ParseBool
         data = request.data
         if data is None:
             try:
