@@ -6,9 +6,16 @@ Fixtures: ``kmock`` (a ClusterEmulator on 127.0.0.1), ``k8s`` (async helpers), `
 control: other registry/settings/memo, clusterwide, stop & restart). Helpers & docs:
 ``kmock_cluster.py``. Objects must be created through the API (``k8s.*``); writes straight
 into ``kmock.objects`` produce no watch events. Wait with ``eventually()``, never fixed sleeps.
-Discoverable: kmock's bundled K3s builtins + the ModelEndpoint CRD; anything else (other CRDs)
-must be added (``kmock.resources[...] = kmock.ResourceInfo(...)``) before the operator starts,
-else kopf logs "Unresolved resources cannot be served" and never watches it.
+Discoverable: kmock's bundled K3s builtins + the ModelEndpoint CRD (installed from ``crds/``: its
+schema prunes, defaults and validates ModelEndpoints, as a real apiserver does -- an invalid spec
+is a 422 now; ``@pytest.mark.kmock(validate_custom_resources=False)`` plays an apiserver with an
+old CRD); other CRDs: POST them to the API (they become served resources) or add
+``kmock.resources[...] = kmock.ResourceInfo(...)``, before the operator starts, else kopf logs
+"Unresolved resources cannot be served" and never watches it. Namespaces ``default``,
+``kube-system``, ``kube-public``, ``kube-node-lease`` exist; others must be created
+(``k8s.create_namespace``) before objects go into them. The emulator is checked against a real
+apiserver's recorded answers by ``tests/contract`` (which also runs against a real cluster).
+For synchronous code or subprocesses: ``kmock_cluster.served_double()`` (own thread + kubeconfig).
 User-Agents tell the clients apart (for ``kmock.fail(..., lambda req: ...)`` or assertions):
 kopf ``kopf/1.45.2``, the official client ``OpenAPI-Generator/...``, ``k8s.*`` ``kmock/0.8 ...``.
 
@@ -27,25 +34,31 @@ Plain KMock (``kmock.KubernetesEmulator``), see ``test_raw_kmock_semantics``:
   kopf operator whose objects need kopf's finalizer ([S] any non-optional ``on.delete``, any
   ``daemon`` or ``timer``) as is; merge-patches (annotations, /status) do work there.
 * [V] ``GET /api/v1/namespaces`` crashes KMock's URL parser (500); kopf lists namespaces when it
-  serves ``namespaces=[...]`` with scanning on => the harness sets ``scanning.disabled = True``
-  (the exact namespaces are used; CRDs are not watched, the group discovery still happens).
+  serves ``namespaces=[...]`` with scanning on. The ClusterEmulator parses those URLs itself, so
+  the harness keeps scanning on, as in production: namespaced, kopf lists & watches namespaces;
+  cluster-wide, it lists & watches CRDs (``test_clusterwide_mode``).
 * [V] Native reactions (``kmock['patch', SERVICES][:1] << 409``) answer AFTER the store was
   changed (the patch is stored and a watch event is sent), with an empty body. Use
   ``kmock.fail(...)`` for a fault that leaves the store alone. [V] A bare ``'v1/services'`` in
   ``kmock[...]`` is a text filter, not a resource: use ``kmock.resource(...)`` / the constants.
 
-The harness's ClusterEmulator fixes those (list in its docstring; ``test_emulator_api_semantics``):
-* [V] uid, creationTimestamp, resourceVersion (bumped on every write), generation (1, +1 on
-  changes outside metadata/status; status & metadata writes do not bump it), generateName;
-  status subresource (create drops .status, main-resource writes keep it, /status writes only
-  it); merge/JSON-patch (failed ``test`` -> 422), PUT, stale resourceVersion -> 409;
-  label/field selectors; list resourceVersion + watch replay only after it; ownerReferences GC
-  (immediate). Not emulated: server-side apply (415), strategic-merge list merging (lists are
-  replaced), admission/validation/defaulting/CRD schema, controllers (Deployments never get a
-  status by themselves: ``k8s.set_deployment_status``; pods: ``k8s.create_pod``).
+The harness's ClusterEmulator fixes those (list in its docstring; ``test_emulator_api_semantics``;
+the apiserver contract: ``tests/contract``):
+* [V] uid, creationTimestamp, resourceVersion (bumped on every write that changes something: a
+  no-op keeps it and sends no event), generation (workloads & custom resources: 1, +1 on spec
+  changes; status & metadata writes do not bump it), generateName; status subresource (create
+  resets .status, main-resource writes keep it, /status writes only it); merge, strategic-merge
+  (keyed lists), JSON-patch (failed ``test`` -> 422), server-side apply (managedFields, pruning of
+  dropped fields, conflicts), PUT, stale resourceVersion -> 409; defaulting as the apiserver's
+  (objects come back as a real apiserver returns them: Go's zero values and key order, omitted
+  zero counters, canonical quantities); validation (422/400 in the apiserver's words); field &
+  label selectors (unknown field selector -> 400); list resourceVersion + watch replay only
+  after it; finalizers; ownerReferences GC (right after the answer; the real one is
+  asynchronous: poll); namespaces. Not emulated: controllers (Deployments never get a status by
+  themselves: ``k8s.set_deployment_status``; pods: ``k8s.create_pod``), admission webhooks.
   => ``metadata.generation`` IS set here (and in real clusters); with plain KMock it never is.
-  ``status.observedGeneration`` is only what a test writes. Zero counters: the real controller
-  omits them (treat absent readyReplicas etc. as 0).
+  ``status.observedGeneration`` is only what a test writes. Zero counters: Go's omitempty drops
+  them, here as from the real controller (treat absent readyReplicas etc. as 0).
 
 kopf against the harness:
 * [V] Label filters of ``@kopf.index``/``@kopf.on.event`` (``labels={...}``) are client-side in

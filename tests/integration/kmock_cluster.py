@@ -1568,11 +1568,15 @@ def apply_configuration(live: Any, config: dict[str, Any], node: TypeNode, entri
     others = [e for e in entries if e is not mine]
     merged = _ssa_merge(live, config, node)
     merged = {} if merged is ABSENT else merged
-    if mine is not None:
+    if mine is not None:  # prune: what this manager applied before, omits now, and nobody else owns
         owned = applied.union(*(e.fields for e in others))
-        for path in sorted(mine.fields - owned, key=len, reverse=True):
+        removed_paths: list[FieldPath] = []
+        for path in sorted(mine.fields - owned, key=len):
+            if any(path[:len(gone)] == gone for gone in removed_paths):
+                continue  # its parent is gone already
             if not any(p[:len(path)] == path and len(p) > len(path) for p in owned):
                 _remove_path(merged, path, node)
+                removed_paths.append(path)
     added, modified, removed = compare_fields(_without(live, 'managedFields'), _without(merged, 'managedFields'), node)
     changed = _drop_ignored(added | modified, ignored)
     removed = _drop_ignored(removed, ignored)
@@ -2039,6 +2043,7 @@ def load_yaml_1_1(text: str) -> Any:
 # The emulator.
 # ----------------------------------------------------------------------------------------------
 
+_WARNED: set[str] = set()
 _CURRENT_REQUEST: contextvars.ContextVar[kmock.Request | None] = contextvars.ContextVar('kmock_request', default=None)
 _NAMESPACE_PATH = re.compile(r'^/api/v1/namespaces(?:/([^/]+)(?:/(status|finalize))?)?/?$')
 _BUILTIN_GROUPS = {'', 'apps', 'batch', 'policy', 'autoscaling'}
@@ -2215,6 +2220,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _next_ip: Iterator[int] = attrs.field(factory=lambda: itertools.count(int(ipaddress.IPv4Address('10.96.0.10'))),
                                           init=False)
     _next_node_port: Iterator[int] = attrs.field(factory=lambda: itertools.count(30000), init=False)
+    _previous: Mapping[str, Any] | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -2267,7 +2273,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         problems = crd_schema_errors(body)
         for problem in problems:
             text = f'CRD {name}: {problem.error} -- a real apiserver refuses this CRD; the rule is not evaluated here'
-            logger.warning(text)
+            if text not in _WARNED:  # once per process, not in every test's log
+                _WARNED.add(text)
+                logger.warning(text)
             self.crd_problems.append(text)
         key = (CRDS, None, name)
         if key in self._objects and not self._objects[key].deleted:
@@ -2281,7 +2289,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return self.resources._resources.get(resource)  # private: avoid auto-creating entries
 
     def _known(self, resource: kmock.resource | None) -> bool:
-        return resource is not None and (resource in self._custom or any(r == resource for r in self._get_resources()))
+        if resource is None:
+            return False
+        if resource in self._custom or self._info(resource) is not None:  # O(1): the usual case
+            return True
+        return any(r == resource for r in self._get_resources())  # declared by reactions or stored objects
 
     def _target(self, resource: kmock.resource) -> _Target:
         custom = self._custom.get(resource)
@@ -2321,9 +2333,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         else:
             obj.history.append(_json_copy(raw))
 
-    async def _emit(self, resource: kmock.resource, type_: str, raw: Mapping[str, Any],
-                    old: Mapping[str, Any] | None = None) -> None:
+    async def _notify(self, resource: kmock.resource, type_: str, raw: Mapping[str, Any],
+                      old: Mapping[str, Any] | None) -> None:
+        """Emit a watch event; ``old`` (the previous state) lets selector watches see objects leave."""
+        self._previous = old
+        await self._emit(resource, type_, raw)
+
+    async def _emit(self, resource: kmock.resource, type_: str, raw: Mapping[str, Any]) -> None:
         # Must be called under self._lock -- for the watch-streams' snapshot consistency.
+        # (Subclasses may extend it with this signature; the previous state comes via _notify.)
+        old, self._previous = self._previous, None
         event = {'type': type_, 'object': _json_copy(dict(raw))}
         rv = int(event['object'].get('metadata', {}).get('resourceVersion') or 0)
         previous = _json_copy(dict(old)) if old is not None else None
@@ -2649,6 +2668,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             suffix = ''.join(random.choices(string.ascii_lowercase + string.digits, k=5))
             meta['name'] = f"{meta['generateName']}{suffix}"
         name = meta['name']
+        sent = data.setdefault('metadata', {}) if isinstance(data.get('metadata', {}), dict) else {}
+        sent.update(name=name, **({'namespace': request.namespace} if target.namespaced else {}))  # for subclasses' readers
         if target.builtin and (error := decode_error(obj, target.node)) is not None:
             raise bad_request(f'{target.kind} in version "{target.resource.version}" cannot be handled as a '
                               f'{target.kind}: {error}')
@@ -2672,7 +2693,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._put(key, obj)
         if target.resource == CRDS:
             self._register_crd(obj)
-        await self._emit(target.resource, 'ADDED', obj)
+        await self._notify(target.resource, 'ADDED', obj, None)
         self._answer(request, 201, obj, self._warnings(unknown))
 
     def _check_namespace(self, target: _Target, namespace: str | None, name: str) -> None:
@@ -2705,6 +2726,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if content_type == APPLY_PATCH:
             await self._do_apply(request, target, key, stored)
             return
+        if content_type not in (JSON_PATCH, MERGE_PATCH) and not (content_type == STRATEGIC_MERGE_PATCH and target.builtin):
+            accepted = _UNKNOWN_FORMAT + (', application/strategic-merge-patch+json' if target.builtin else '')
+            raise api_error(415, accepted, 'UnsupportedMediaType', {})
         if stored is None:
             raise not_found(target.resource, request.name or '')
         old = _json_copy(stored)
@@ -2816,7 +2840,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         self._put(key, new)
         if target.resource == CRDS:
             self._register_crd(new)
-        await self._emit(target.resource, 'MODIFIED', new, old)
+        await self._notify(target.resource, 'MODIFIED', new, old)
         if meta.get('deletionTimestamp') and not meta.get('finalizers') and target.resource != NAMESPACES:
             self._doomed.append(key)
         self._answer(request, 200, self._view(request, target, new), headers)
@@ -2883,7 +2907,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         if not manager:
             raise bad_request('PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
                               'is required for apply patch')
-        force = request.params.get('force') == 'true'
+        force = request.params.get('force') in ('1', 't', 'T', 'true', 'TRUE', 'True')  # Go's strconv.ParseBool
         data = request.data
         if data is None:
             try:
@@ -2930,7 +2954,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 self._put(key, obj)
                 if target.resource == CRDS:
                     self._register_crd(obj)
-                await self._emit(target.resource, 'ADDED', obj)
+                await self._notify(target.resource, 'ADDED', obj, None)
             self._answer(request, 201, obj, self._warnings(unknown))
             return
         old = _json_copy(stored)
@@ -3060,7 +3084,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         meta['resourceVersion'] = self._next_rv()
         new = self._ordered(target, new)
         self._put(key, new)
-        await self._emit(key[0], 'MODIFIED', new, stored)
+        await self._notify(key[0], 'MODIFIED', new, stored)
         return new
 
     async def _hard_delete(self, key: tuple[kmock.resource, str | None, str]) -> None:
@@ -3070,7 +3094,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         last = _json_copy(obj.raw)
         last.setdefault('metadata', {})['resourceVersion'] = self._next_rv()
         obj.delete()
-        await self._emit(key[0], 'DELETED', last, last)
+        await self._notify(key[0], 'DELETED', last, last)
         if key[0] == CRDS:
             await self._unregister_crd(last)
         self._gc_due = True
@@ -3102,7 +3126,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         new['metadata']['resourceVersion'] = self._next_rv()
         new = self._ordered(self._target(NAMESPACES), new)
         self._put(key, new)
-        await self._emit(NAMESPACES, 'MODIFIED', new, stored)
+        await self._notify(NAMESPACES, 'MODIFIED', new, stored)
         self._terminating.add(name)
         self._answer(request, 200, new)
 
@@ -3125,7 +3149,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             new['metadata']['resourceVersion'] = self._next_rv()
             new = self._ordered(self._target(key[0]), new)
             self._put(key, new)
-            await self._emit(key[0], 'MODIFIED', new, stored)
+            await self._notify(key[0], 'MODIFIED', new, stored)
 
     async def _settle(self) -> None:
         """What happens after an answer: deletions, garbage collection, namespace finalization."""
@@ -3170,7 +3194,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 new['metadata']['resourceVersion'] = self._next_rv()
                 new = self._ordered(self._target(key[0]), new)
                 self._put(key, new)
-                await self._emit(key[0], 'MODIFIED', new, stored)
+                await self._notify(key[0], 'MODIFIED', new, stored)
                 if not new['metadata'].get('finalizers'):
                     self._doomed.append(key)
                 acted = True
@@ -3342,6 +3366,13 @@ def _qos_class(spec: Mapping[str, Any]) -> str:
     return 'Guaranteed' if guaranteed else 'Burstable'
 
 
+@functools.lru_cache(maxsize=16)
+def _crd_documents(path: str, mtime_ns: int) -> tuple[dict[str, Any], ...]:
+    """The CRDs of a YAML file, parsed once per version of the file (install_crd copies them)."""
+    docs = yaml.load_all(pathlib.Path(path).read_text(), Loader=getattr(yaml, 'CSafeLoader', yaml.SafeLoader))
+    return tuple(d for d in docs if isinstance(d, dict) and d.get('kind') == 'CustomResourceDefinition')
+
+
 def declare_resources(emulator: kmock.KubernetesScaffold, extra: Mapping[str, kmock.ResourceInfo] = (),
                       crds: Iterable[pathlib.Path] = CRD_FILES) -> None:
     """
@@ -3357,9 +3388,9 @@ def declare_resources(emulator: kmock.KubernetesScaffold, extra: Mapping[str, km
         verbs=ALL_VERBS, shortnames={'me'}, categories={'slotkeeper'}, subresources={'status'})
     if isinstance(emulator, ClusterEmulator):
         for path in crds:
-            for doc in yaml.safe_load_all(pathlib.Path(path).read_text()):
-                if isinstance(doc, dict) and doc.get('kind') == 'CustomResourceDefinition':
-                    emulator.install_crd(doc)
+            path = pathlib.Path(path)
+            for doc in _crd_documents(str(path), path.stat().st_mtime_ns):
+                emulator.install_crd(doc)
     for key, info in dict(extra).items():
         emulator.resources[key] = info
 

@@ -19,7 +19,7 @@ import kopf
 import kubernetes.client
 import pytest
 
-from kmock_cluster import DEPLOYMENTS, MERGE_PATCH, MODELENDPOINTS, PODS, SERVICES, ClusterEmulator, Kube, \
+from kmock_cluster import DEPLOYMENTS, MERGE_PATCH, MODELENDPOINTS, NAMESPACES, PODS, SERVICES, ClusterEmulator, Kube, \
                           KubeAPIError, OperatorHandle, declare_resources, eventually, make_api_client, url_for
 
 GROUP, VERSION, PLURAL = 'slotkeeper.io', 'v1alpha1', 'modelendpoints'
@@ -273,6 +273,12 @@ async def test_object_created_before_the_operator_is_handled_once(run_operator, 
     await k8s.patch_endpoint('me1', {'serving': {'replicas': 2}})  # more events for the same object
     await eventually(lambda: handle.memo.daemon_seen['me1'][-1] == 2)
     assert handle.memo.calls == [('create', 'me1', 0)]
+
+
+async def test_namespaced_mode_scans_namespaces(operator: OperatorHandle, kmock: ClusterEmulator) -> None:
+    # Scanning is on, as in production: serving namespaces=['default'], kopf lists & watches them.
+    assert kmock['list', NAMESPACES]
+    await eventually(lambda: kmock.watch_count(NAMESPACES))
 
 
 async def test_clusterwide_mode(run_operator, k8s: Kube, kmock: ClusterEmulator) -> None:
