@@ -2203,6 +2203,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # defaulting still happen) -- like an apiserver with an old CRD that lacks the rules. For tests of
     # the operator's own validation, e.g. ``@pytest.mark.kmock(validate_custom_resources=False)``.
     validate_custom_resources: bool = True
+    # The proxy subresource (``services/<name>:<port>/proxy/...``, ``pods/<name>:<port>/proxy/...``):
+    # (namespace, plural, "<name>:<port>") -> a base URL the request is forwarded to. A target not
+    # listed answers as the apiserver does for a Service without ready endpoints (503).
+    proxy_backends: dict[tuple[str | None, str, str], str] = attrs.field(factory=dict)
 
     _rv_counter: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _last_rv: int = attrs.field(default=0, init=False)
@@ -2463,6 +2467,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     'details': {'name': request.name or '', 'kind': (request.resource.plural or '')},
                 }, status=fault.status)
 
+        if request.subresource == 'proxy' or (request.subresource or '').startswith('proxy/'):
+            return await self._proxy(request)
+
         writes = request.method in (kmock.method.POST, kmock.method.PUT, kmock.method.PATCH, kmock.method.DELETE)
         if writes:
             async with self._lock:
@@ -2477,6 +2484,24 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if writes:
                 async with self._lock:  # garbage collection & co: after the answer, as the real ones
                     await self._settle()
+
+    async def _proxy(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """Forward a proxy-subresource request to its backend, as the apiserver's proxy does."""
+        assert request.resource is not None
+        target = self.proxy_backends.get((request.namespace, request.resource.plural, request.name or ''))
+        if target is None:
+            message = f'no endpoints available for service "{request.name}"'
+            return aiohttp.web.json_response({
+                'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure',
+                'message': message, 'reason': 'ServiceUnavailable', 'code': 503}, status=503)
+        path = (request.subresource or 'proxy')[len('proxy'):] or '/'
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ('content-type', 'accept')}
+        async with aiohttp.ClientSession() as session:
+            async with session.request(request.method.value, target.rstrip('/') + path, params=request.params,
+                                       data=request.body, headers=headers, allow_redirects=False) as answer:
+                body = await answer.read()
+                return aiohttp.web.Response(status=answer.status, body=body,
+                                            content_type=answer.content_type or 'application/octet-stream')
 
     async def _dispatch(self, request: kmock.Request) -> None:
         resource = request.resource
