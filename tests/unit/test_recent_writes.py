@@ -176,3 +176,66 @@ def test_a_new_revision_just_applied_over_an_old_one_has_no_ready_pod_yet():
     green = writes.overlay(observed).slot("green")
     assert green.revision != "old"
     assert green.ready_replicas == 0 and not green.fully_ready(green.revision)
+
+
+def test_each_remembered_deployment_is_handled_on_its_own():
+    """Blue's write has shown up in the watch; green's has not: green is still laid over."""
+    clock = FakeClock()
+    writes = RecentWrites(clock=clock)
+    blue = DeploymentSummary(slot="blue", revision="r1", replicas=2, ready_replicas=2)
+    green = DeploymentSummary(slot="green", revision="r2", replicas=2, ready_replicas=2)
+    before = Observed(slots={"blue": SlotObservation(deployment=blue), "green": SlotObservation(deployment=green)},
+                      endpoint_selector=None)
+    writes.remember("credit", ScaleDeployment(slot="blue", replicas=4), before)
+    writes.remember("credit", ScaleDeployment(slot="green", replicas=0), before)
+
+    blue_seen = Observed(slots={"blue": SlotObservation(deployment=DeploymentSummary(
+        slot="blue", revision="r1", replicas=4)), "green": SlotObservation(deployment=green)}, endpoint_selector=None)
+    overlaid = writes.overlay(blue_seen)
+    assert overlaid.slot("green").deployment == DeploymentSummary(slot="green", revision="r2", replicas=0,
+                                                                  ready_replicas=2)
+    assert list(writes.deployments) == ["green"]
+
+
+def test_a_scale_right_after_a_new_revision_keeps_the_new_revision():
+    """Apply revision r2 into green, then scale it, before the watch showed either: green is r2."""
+    clock = FakeClock()
+    writes = RecentWrites(clock=clock)
+    old = DeploymentSummary(slot="green", revision="r1", replicas=0)
+    observed = Observed(slots={"green": SlotObservation(deployment=old)}, endpoint_selector=None)
+    world = World()
+    world.change_spec(model={"name": "credit", "uri": NEW_URI})
+    body = next(a for a in world.decide().actions if isinstance(a, ApplyDeployment)).body
+    writes.remember("credit", ApplyDeployment(slot="green", body=body), observed)
+    revision = writes.overlay(observed).slot("green").revision
+
+    writes.remember("credit", ScaleDeployment(slot="green", replicas=3), observed)
+
+    assert writes.overlay(observed).slot("green").deployment == DeploymentSummary(
+        slot="green", revision=revision, replicas=3)
+    assert revision != "r1"
+
+
+def test_writes_are_trusted_up_to_the_expiry_and_not_a_moment_longer():
+    clock = FakeClock()
+    writes = RecentWrites(clock=clock)
+    empty = Observed(slots={}, endpoint_selector=None)
+    world = World()
+    body = next(a for a in world.decide().actions if isinstance(a, ApplyDeployment)).body
+    writes.remember("credit", ApplyDeployment(slot="blue", body=body), empty)
+    writes.remember("credit", CreateService({"metadata": {"name": "credit-green"}, "spec": {"selector": {}}}), empty)
+
+    clock.now += EXPIRY_SECONDS
+    overlaid = writes.overlay(empty)
+    assert overlaid.slot("blue").deployment is not None and overlaid.slot_services == frozenset({"green"})
+
+    clock.now += 0.5
+    assert writes.overlay(empty) == Observed(slots={}, endpoint_selector=None)
+
+
+def test_slot_services_of_an_endpoint_with_dashes_in_its_name_are_remembered_by_slot():
+    writes = RecentWrites(clock=FakeClock())
+    empty = Observed(slots={}, endpoint_selector=None)
+    body = {"metadata": {"name": "fraud-model-v2-green"}, "spec": {"selector": {}}}
+    writes.remember("fraud-model-v2", CreateService(body), empty)
+    assert writes.overlay(empty).slot_services == frozenset({"green"})

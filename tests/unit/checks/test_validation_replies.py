@@ -60,3 +60,40 @@ async def test_a_base_url_with_a_trailing_slash_reaches_the_same_infer_url(serve
     assert await run_validation(session, base + "/", "credit", request) == \
         (True, 'validation "smoke": status 200 as expected')
     assert seen == ["/v2/models/credit/infer"]
+
+
+def text_server(status: int, text: str, prefix: str = ""):
+    async def infer(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=text, content_type="text/html")
+    return [web.post(prefix + "/v2/models/{model}/infer", infer)]
+
+
+async def test_a_proxy_error_page_is_reported_as_the_wrong_status(serve, session):
+    base = await serve(text_server(502, "<html>Bad Gateway</html>"))
+    request = ValidationRequest(name="smoke", request={"inputs": []}, timeout_seconds=2,
+                                expect={"outputs": [{"name": "p", "data": [1]}]})
+    assert await run_validation(session, base, "credit", request) == \
+        (False, 'validation "smoke": expected status 200, got 502')
+
+
+async def test_a_reply_that_is_not_json_passes_when_only_the_status_is_expected(serve, session):
+    base = await serve(text_server(200, "OK"))
+    request = ValidationRequest(name="smoke", request={"inputs": []}, timeout_seconds=2)
+    assert await run_validation(session, base, "credit", request) == (True, 'validation "smoke": status 200 as expected')
+
+
+async def test_a_reply_that_is_not_json_is_quoted_shortened_to_200_characters(serve, session):
+    page = "<p>" * 100
+    base = await serve(text_server(200, page))
+    request = ValidationRequest(name="smoke", request={"inputs": []}, timeout_seconds=2,
+                                expect={"outputs": [{"name": "p", "data": [1]}]})
+    assert await run_validation(session, base, "credit", request) == \
+        (False, f'validation "smoke": status 200, but the reply is not a JSON object: {page[:200]!r}')
+
+
+async def test_a_model_server_behind_a_path_prefix_is_asked_under_it(serve, session):
+    # The prefix ends in a capital X on purpose: only a trailing "/" may be stripped from the URL.
+    base = await serve(text_server(200, "OK", prefix="/serving/X"))
+    request = ValidationRequest(name="smoke", request={"inputs": []}, timeout_seconds=2)
+    assert await run_validation(session, base + "/serving/X/", "credit", request) == \
+        (True, 'validation "smoke": status 200 as expected')
