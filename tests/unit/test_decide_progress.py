@@ -28,11 +28,6 @@ def progressing(world: World) -> tuple[str, str, str]:
     return c.status, c.reason, c.message
 
 
-def ready_condition(world: World) -> tuple[str, str]:
-    c = next(c for c in world.status.conditions if c.type == "Ready")
-    return c.status, c.reason
-
-
 def events(decision, reason: str | None = None) -> list[EmitEvent]:
     return [a for a in decision.actions if isinstance(a, EmitEvent) and (reason is None or a.reason == reason)]
 
@@ -180,7 +175,9 @@ def test_a_second_rollout_that_fails_goes_back_to_the_stable_slot_green():
 
     assert world.selected_slot() == "green"
     assert world.status.phase == "RolledBack"
-    assert ready_condition(world) == ("True", "StableRevisionServing")
+    ready = next(c for c in world.status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("True", "StableRevisionServing")
+    assert ready.message.endswith("ready in slot green")
     (rolled_back,) = events(decision, "RolledBack")
     assert rolled_back.message.startswith(f"reverted to revision {world.status.stable_revision}: revision ")
 
