@@ -464,7 +464,12 @@ def _analyse(step: _Step, rollout: Rollout, active: str) -> None:
     spec, revision = step.spec, rollout.revision
     step.want_replicas(active, spec.serving.replicas)
     if rollout.switched_at is None:
-        if not step.observed.slot(rollout.slot).fully_ready(revision):  # e.g. a canary scaling to full size
+        candidate = step.observed.slot(rollout.slot)
+        # Ready at full size, not at the canary's last size: the size may be queued in this very pass.
+        if not candidate.fully_ready(revision) or candidate.replicas < _candidate_replicas(step, rollout):
+            canary = spec.strategy.canary
+            if canary is not None and _canary_weight(canary, len(canary.steps)) > 0:
+                step.want_selector(BOTH_SLOTS)  # the last canary split holds while the candidate grows
             step.condition("Progressing", True, "Analysing", f"scaling slot {rollout.slot} to full size")
             step.wake_at(step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS))
             return

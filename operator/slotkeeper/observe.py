@@ -94,6 +94,15 @@ class Observed:
     def cluster_selector(self) -> Mapping[str, str] | None:
         return self.endpoint_selector if self.shown_selector is _SAME else self.shown_selector
 
+    def expecting(self, slots: Mapping[str, SlotObservation], selector: Mapping[str, str] | None,
+                  slot_services: frozenset[str]) -> Observed:
+        """This world with writes laid over it that the watches have not shown yet; what they did
+        show of the selector is kept for reporting."""
+        shown = self.cluster_selector
+        same = (None if selector is None else dict(selector)) == (None if shown is None else dict(shown))
+        return Observed(slots=slots, endpoint_selector=selector, slot_services=slot_services,
+                        shown_selector=_SAME if same else shown)
+
 
 def summarise_deployment(body: Mapping[str, Any]) -> DeploymentSummary:
     meta, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}

@@ -69,8 +69,7 @@ class RecentWrites:
                 del self.services[slot]
             else:
                 services.add(slot)
-        return Observed(slots=slots, endpoint_selector=selector, slot_services=frozenset(services),
-                        shown_selector=observed.cluster_selector)
+        return observed.expecting(slots, selector, frozenset(services))
 
 
 def _expected(slot: str, seen: DeploymentSummary | None, revision: str | None, replicas: int) -> DeploymentSummary:

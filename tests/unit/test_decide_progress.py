@@ -302,10 +302,6 @@ def test_a_candidate_that_lost_a_pod_while_validating_gets_no_traffic_until_read
     assert decision.requeue_after == 10
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: at the end of a canary whose last setWeight is below 100, _analyse checks fully_ready() against the "
-    "Deployment's current (canary) size, before want_deployment() has scaled it to full size, so traffic moves "
-    "to the candidate alone while it runs 1 of 4 pods"))
 def test_after_the_canary_steps_traffic_moves_to_the_candidate_alone_only_at_full_size():
     strategy = {"canary": {"steps": [{"setWeight": 20}]}}
     world = canary_rollout(strategy)

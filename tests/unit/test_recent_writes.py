@@ -70,7 +70,14 @@ def test_a_selector_just_written_is_seen_by_the_next_decision_before_the_watch_d
     clock.now += 1
     second = lagging_pass(world, writes, deliver=everything_but_traffic)
     assert switches(second) == [] and announced(second) == []  # no second switch, no second Event
-    assert second.status.traffic["blue"] == 100  # status reports the traffic as written
+    # Status reports what the cluster shows (nobody selected yet), not the switch just written.
+    assert second.status.traffic == {"blue": 0, "green": 0}
+
+    clock.now += 1
+    world.apply(switches(first)[0])  # the Service's watch event arrives
+    third = lagging_pass(world, writes)
+    assert switches(third) == [] and world.selected_slot() == "blue"
+    assert third.status.traffic == {"blue": 100, "green": 0}
 
 
 def test_the_written_selector_expires_and_a_lost_write_is_made_again():

@@ -85,7 +85,7 @@ async def test_validation_goes_to_the_candidate_slot_and_every_request_must_pass
 
     gates = await runner.run(endpoint("Validating", validation=[smoke("a"), smoke("b")]), observed(), NOW)
 
-    assert asked == [("ml", "credit", "green")]
+    assert set(asked) == {("ml", "credit", "green")}
     assert seen == [("credit", "a"), ("credit", "b")]
     assert gates.validation == (True, 'validation "a": status 200 as expected; validation "b": status 200 as expected')
     assert gates.verdicts == {}
