@@ -6,28 +6,21 @@ the decision names, and is woken at once by any watch event about the endpoint o
 With nothing under way it makes no API call at all: observation comes from the indexes, which the
 watches keep current, so an idle endpoint costs neither reads nor writes.
 
-Why the loops are plain asyncio tasks started from ``on.event`` and not kopf daemons: a kopf daemon
-puts a finalizer on every object it runs for, so deleting an endpoint, its namespace or the whole
-install hangs whenever the operator is not running. Nothing here needs cleanup beyond owner
-references, so the loops belong to the operator process instead (see :class:`EndpointLoops`): the
-watch's first listing starts one per endpoint, DELETED (or a deletionTimestamp) stops it, and the
-operator's exit stops them all. Trade-off: no per-object kopf state (there is none to keep; the
-durable state is ``status``), and an endpoint deleted while a watch was down is noticed by its
-loop's next write answering 404.
+The loops are plain asyncio tasks started from ``on.event`` (loops.py), not kopf daemons, so no
+finalizer is put on an endpoint and deleting one never waits for the operator. Trade-off: no
+per-object kopf state (there is none to keep; the durable state is ``status``), and an endpoint
+deleted while a watch was down is noticed by its loop's next status write answering 404.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Mapping
 
 import aiohttp
 import kopf
-import kubernetes
 import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
@@ -35,7 +28,9 @@ from kubernetes.client.exceptions import ApiException
 from .api import GROUP, PLURAL, VERSION
 from .checks.access import make_slot_access
 from .checks.runner import CheckRunner
+from .client_config import build_api_client, connection_info, load_configuration
 from .cluster import Cluster
+from .loops import EndpointLoop, EndpointLoops, Key
 from .observe import summarise_deployment, summarise_pod
 from .reconciler import EndpointGone, EndpointReconciler, ObservedSources
 from .render import LABEL_ENDPOINT, LABEL_MANAGED_BY, MANAGED_BY
@@ -49,93 +44,8 @@ OWNED_RESOURCES = (("apps", "v1", "deployments"), ("v1", "pods"), ("v1", "servic
 LEGACY_FINALIZER = f"{GROUP}/finalizer"
 MAX_BACKOFF_SECONDS = 60.0
 DEFAULT_BACKOFF_SECONDS = 0.5
-STOP_TIMEOUT_SECONDS = 5.0
 
 log = logging.getLogger("slotkeeper")
-
-Key = tuple[str, str]
-
-
-@dataclass(eq=False)
-class EndpointLoop:
-    """What one endpoint's loop shares with the watch handlers: the latest body and two signals."""
-    body: Mapping[str, Any]
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-
-class EndpointLoops:
-    """The running loops, one per endpoint, owned by the operator process (no finalizer needed)."""
-
-    def __init__(self) -> None:
-        self._loops: dict[Key, EndpointLoop] = {}
-
-    def __contains__(self, key: Key) -> bool:
-        return key in self._loops
-
-    def seen(self, key: Key, body: Mapping[str, Any],
-             run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> None:
-        """The endpoint exists as ``body``: hand it to its loop (starting one if none runs) and wake it."""
-        loop = self._loops.get(key)
-        if loop is None or (loop.task is not None and loop.task.done()):
-            loop = self._loops[key] = EndpointLoop(body=body)
-            loop.task = asyncio.create_task(self._run(key, loop, run), name=f"slotkeeper:{key[0]}/{key[1]}")
-        loop.body = body
-        loop.wakeup.set()
-
-    async def _run(self, key: Key, loop: EndpointLoop, run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> None:
-        try:
-            await run(key, loop)
-        finally:
-            if self._loops.get(key) is loop:
-                del self._loops[key]
-
-    def wake(self, namespace: str | None, name: str | None) -> None:
-        loop = self._loops.get((namespace or "", name or ""))
-        if loop is not None:
-            loop.wakeup.set()
-
-    async def stop(self, key: Key) -> None:
-        loop = self._loops.pop(key, None)
-        if loop is not None:
-            await _stop(loop)
-
-    async def stop_all(self) -> None:
-        loops, self._loops = list(self._loops.values()), {}
-        await asyncio.gather(*(_stop(loop) for loop in loops))
-
-
-async def _stop(loop: EndpointLoop) -> None:
-    """Ask the loop to finish its pass; cancel it if it does not within STOP_TIMEOUT_SECONDS."""
-    loop.stopped.set()
-    if loop.task is None or loop.task.done() or loop.task is asyncio.current_task():
-        return
-    done, _ = await asyncio.wait({loop.task}, timeout=STOP_TIMEOUT_SECONDS)
-    if not done:
-        loop.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await loop.task
-
-
-def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> kubernetes.client.Configuration:
-    """The client configuration kubectl would use: ``--kubeconfig``/``--context``, else ``$KUBECONFIG``,
-    else the pod's service account, else ``~/.kube/config``."""
-    configuration = kubernetes.client.Configuration()
-    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG")  # read now: the client reads it at import
-    if kubeconfig or context:
-        kubernetes.config.load_kube_config(config_file=kubeconfig, context=context,
-                                           client_configuration=configuration)
-        return configuration
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=configuration)
-    return configuration
-
-
-def build_api_client(kubeconfig: str | None = None, context: str | None = None) -> ApiClient:
-    return ApiClient(load_configuration(kubeconfig, context))
 
 
 @kopf.on.login()
@@ -145,16 +55,7 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo | None:
     cluster and write to another (or fail to start)."""
     if getattr(memo, "kube_config", None) is not None:
         return None  # a test or benchmark connects kopf to its API double itself
-    configuration = load_configuration(getattr(memo, "kubeconfig", None), getattr(memo, "context", None))
-    header = configuration.get_api_key_with_prefix("BearerToken") or \
-        configuration.get_api_key_with_prefix("authorization")
-    scheme, _, token = (header or "").rpartition(" ")
-    return kopf.ConnectionInfo(
-        server=configuration.host, ca_path=configuration.ssl_ca_cert, insecure=not configuration.verify_ssl,
-        username=configuration.username or None, password=configuration.password or None,
-        scheme=scheme or None, token=token or None,
-        certificate_path=configuration.cert_file, private_key_path=configuration.key_file,
-    )
+    return connection_info(load_configuration(getattr(memo, "kubeconfig", None), getattr(memo, "context", None)))
 
 
 @kopf.on.startup()

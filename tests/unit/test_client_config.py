@@ -4,10 +4,12 @@ account, else ~/.kube/config."""
 
 from __future__ import annotations
 
+import kopf
+import kubernetes
 import pytest
 import yaml
 
-from slotkeeper import handlers
+from slotkeeper import client_config, handlers
 from slotkeeper.cli import build_parser
 
 
@@ -30,7 +32,7 @@ def in_a_pod(monkeypatch):
     def load_incluster_config(client_configuration=None):
         used.append(True)
         client_configuration.host = "https://kubernetes.default.svc"
-    monkeypatch.setattr(handlers.kubernetes.config, "load_incluster_config", load_incluster_config)
+    monkeypatch.setattr(kubernetes.config, "load_incluster_config", load_incluster_config)
     return used
 
 
@@ -53,7 +55,7 @@ def test_an_option_before_the_subcommand_is_not_reset_by_it():
 
 def test_kubeconfig_env_wins_over_the_pods_service_account(tmp_path, monkeypatch, in_a_pod):
     monkeypatch.setenv("KUBECONFIG", kubeconfig(tmp_path / "config", laptop="https://laptop.example:6443"))
-    client = handlers.build_api_client()
+    client = client_config.build_api_client()
     assert client.configuration.host == "https://laptop.example:6443"
     assert not in_a_pod
 
@@ -61,14 +63,14 @@ def test_kubeconfig_env_wins_over_the_pods_service_account(tmp_path, monkeypatch
 def test_context_selects_the_cluster(tmp_path, monkeypatch, in_a_pod):
     monkeypatch.delenv("KUBECONFIG", raising=False)
     path = kubeconfig(tmp_path / "config", one="https://one.example", two="https://two.example")
-    assert handlers.build_api_client(path).configuration.host == "https://one.example"
-    assert handlers.build_api_client(path, "two").configuration.host == "https://two.example"
+    assert client_config.build_api_client(path).configuration.host == "https://one.example"
+    assert client_config.build_api_client(path, "two").configuration.host == "https://two.example"
     assert not in_a_pod
 
 
 def test_without_kubeconfig_a_pod_uses_its_service_account(monkeypatch, in_a_pod):
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    assert handlers.build_api_client().configuration.host == "https://kubernetes.default.svc"
+    assert client_config.build_api_client().configuration.host == "https://kubernetes.default.svc"
     assert in_a_pod == [True]
 
 
@@ -76,7 +78,7 @@ def test_kopf_logs_in_where_the_operator_writes(tmp_path, monkeypatch, in_a_pod)
     """kopf's own fallback login would read neither --kubeconfig nor --context."""
     monkeypatch.delenv("KUBECONFIG", raising=False)
     path = kubeconfig(tmp_path / "config", one="https://one.example", two="https://two.example")
-    memo = handlers.kopf.Memo(kubeconfig=path, context="two")
+    memo = kopf.Memo(kubeconfig=path, context="two")
     info = handlers.login(memo=memo)
     assert (info.server, info.token, info.scheme) == ("https://two.example", "t", "Bearer")
-    assert handlers.login(memo=handlers.kopf.Memo(kube_config=object())) is None  # tests bring their own
+    assert handlers.login(memo=kopf.Memo(kube_config=object())) is None  # tests bring their own

@@ -1,0 +1,82 @@
+"""One reconcile loop per endpoint, as asyncio tasks owned by the operator process.
+
+Not kopf daemons: a daemon makes kopf put a finalizer on its object, and then deleting an endpoint,
+its namespace or the whole install hangs while the operator is down. The endpoint watch hands each
+endpoint's latest body to :meth:`EndpointLoops.seen` (which starts its loop the first time), the
+watches of owned objects :meth:`~EndpointLoops.wake` it, and deletion or the operator's exit stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping
+
+STOP_TIMEOUT_SECONDS = 5.0
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(eq=False)
+class EndpointLoop:
+    """What one endpoint's loop shares with the watch handlers: the latest body and two signals."""
+    body: Mapping[str, Any]
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class EndpointLoops:
+    """The running loops, one per endpoint, owned by the operator process (no finalizer needed)."""
+
+    def __init__(self) -> None:
+        self._loops: dict[Key, EndpointLoop] = {}
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._loops
+
+    def seen(self, key: Key, body: Mapping[str, Any],
+             run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> None:
+        """The endpoint exists as ``body``: hand it to its loop (starting one if none runs) and wake it."""
+        loop = self._loops.get(key)
+        if loop is None or (loop.task is not None and loop.task.done()):
+            loop = self._loops[key] = EndpointLoop(body=body)
+            loop.task = asyncio.create_task(self._run(key, loop, run), name=f"slotkeeper:{key[0]}/{key[1]}")
+        loop.body = body
+        loop.wakeup.set()
+
+    async def _run(self, key: Key, loop: EndpointLoop, run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> None:
+        try:
+            await run(key, loop)
+        finally:
+            if self._loops.get(key) is loop:
+                del self._loops[key]
+
+    def wake(self, namespace: str | None, name: str | None) -> None:
+        loop = self._loops.get((namespace or "", name or ""))
+        if loop is not None:
+            loop.wakeup.set()
+
+    async def stop(self, key: Key) -> None:
+        loop = self._loops.pop(key, None)
+        if loop is not None:
+            await _stop(loop)
+
+    async def stop_all(self) -> None:
+        loops, self._loops = list(self._loops.values()), {}
+        await asyncio.gather(*(_stop(loop) for loop in loops))
+
+
+async def _stop(loop: EndpointLoop) -> None:
+    """Ask the loop to finish its pass; cancel it if it does not within STOP_TIMEOUT_SECONDS."""
+    loop.stopped.set()
+    if loop.task is None or loop.task.done() or loop.task is asyncio.current_task():
+        return
+    done, _ = await asyncio.wait({loop.task}, timeout=STOP_TIMEOUT_SECONDS)
+    if not done:
+        loop.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await loop.task
+
+

@@ -1,0 +1,90 @@
+"""The per-endpoint loops: one per endpoint however many events arrive, each seeing the latest
+body, woken by events, stopped by deletion or the operator's exit, and started again if one ended."""
+
+from __future__ import annotations
+
+import asyncio
+
+from slotkeeper.loops import EndpointLoops
+
+KEY = ("ml", "credit")
+
+
+class Recorder:
+    """A loop body that records each pass's body, and waits for a wake-up or the stop in between."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.passes: list[dict] = []
+        self.passed = asyncio.Event()
+
+    async def __call__(self, key, loop) -> None:
+        self.started += 1
+        while not loop.stopped.is_set():
+            loop.wakeup.clear()
+            self.passes.append(dict(loop.body))
+            self.passed.set()
+            waiters = [asyncio.ensure_future(loop.wakeup.wait()), asyncio.ensure_future(loop.stopped.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def next_pass(self) -> dict:
+        await asyncio.wait_for(self.passed.wait(), timeout=5)
+        self.passed.clear()
+        return self.passes[-1]
+
+
+async def test_one_loop_per_endpoint_sees_the_latest_body_and_is_woken():
+    loops, run = EndpointLoops(), Recorder()
+    loops.seen(KEY, {"v": 1}, run)
+    assert await run.next_pass() == {"v": 1}
+    loops.seen(KEY, {"v": 2}, run)  # a later event: the same loop, woken with the new body
+    assert await run.next_pass() == {"v": 2}
+    loops.wake("ml", "credit")  # an owned object changed
+    assert await run.next_pass() == {"v": 2}
+    loops.wake("ml", "other")  # not ours: nothing happens (no loop for it)
+    assert run.started == 1 and KEY in loops
+    await loops.stop_all()
+
+
+async def test_stop_ends_the_loop_and_forgets_it():
+    loops, run = EndpointLoops(), Recorder()
+    loops.seen(KEY, {"v": 1}, run)
+    await run.next_pass()
+    await loops.stop(KEY)
+    assert KEY not in loops
+    await loops.stop(KEY)  # stopping twice is harmless
+
+
+async def test_a_loop_that_ended_by_itself_is_started_again_by_the_next_event():
+    loops, starts = EndpointLoops(), []
+
+    async def ends_at_once(key, loop):
+        starts.append(dict(loop.body))
+
+    loops.seen(KEY, {"v": 1}, ends_at_once)
+    await asyncio.sleep(0)  # let the task run to its end
+    await asyncio.sleep(0)
+    assert KEY not in loops
+    loops.seen(KEY, {"v": 2}, ends_at_once)
+    await asyncio.sleep(0)
+    assert starts == [{"v": 1}, {"v": 2}]
+
+
+async def test_a_loop_that_ignores_the_stop_is_cancelled(monkeypatch):
+    import slotkeeper.loops as module
+    monkeypatch.setattr(module, "STOP_TIMEOUT_SECONDS", 0.01)
+    loops, cancelled = EndpointLoops(), asyncio.Event()
+
+    async def stubborn(key, loop):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    loops.seen(KEY, {}, stubborn)
+    await asyncio.sleep(0)
+    await loops.stop_all()
+    assert cancelled.is_set() and KEY not in loops
