@@ -21,7 +21,9 @@ async def test_no_finalizer_so_deletion_completes_with_the_operator_stopped(run_
                                                                            operator_settings, k8s):
     operator = await run_operator(operator_registry, settings=operator_settings)
     await healthy_endpoint(k8s)
-    assert not k8s.endpoint("credit", namespace="default")["metadata"].get("finalizers")
+    meta = k8s.endpoint("credit", namespace="default")["metadata"]
+    assert not meta.get("finalizers")
+    assert not [key for key in meta.get("annotations") or {} if key.startswith("kopf.")]  # no bookkeeping either
     assert owned(k8s) == ["credit", "credit-blue", "credit-blue", "credit-green"]
     await operator.stop()
 
