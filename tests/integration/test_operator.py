@@ -181,10 +181,14 @@ async def test_cli_abort_reverts_a_rollout_once_and_status_shows_it(operator, k8
     await eventually(lambda: selector(k8s)[SLOT] == "blue", message="traffic back on stable")
     assert "handled by the operator" in capsys.readouterr().out
 
-    code = await asyncio.to_thread(main, ["--kubeconfig", kubeconfig, "status", "credit", "-n", "default"])
+    await eventually(lambda: any(e["reason"] == "RolledBack" for e in k8s.events_for("credit", namespace="default")))
+    code = await asyncio.to_thread(main, ["status", "credit", "-n", "default", "--kubeconfig", kubeconfig])
     out = capsys.readouterr().out
     assert code == 0
     assert "RolledBack" in out and "Aborted" in out and "green" in out
+    # Its Events, found by the field selector a real apiserver supports (involvedObject.name/kind).
+    events = out[out.index("LAST SEEN"):]
+    assert "Warning" in events and "RolledBack" in events
     history = [h["outcome"] for h in status(k8s)["history"]]
     assert history == ["Promoted", "RolledBack"]
 
