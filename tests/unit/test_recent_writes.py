@@ -4,7 +4,8 @@ change by someone else), and they must expire (a write the watch never shows is 
 
 from __future__ import annotations
 
-from slotkeeper.actions import ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
+from slotkeeper.actions import (ApplyDeployment, ApplyDisruptionBudget, CreateService, EmitEvent, ScaleDeployment,
+                                SwitchTraffic)
 from slotkeeper.decide import Decision, decide_next_step
 from slotkeeper.observe import DeploymentSummary, Observed, PodSummary, SlotObservation
 from slotkeeper.recent_writes import EXPIRY_SECONDS, RecentWrites
@@ -139,10 +140,11 @@ def test_a_deployment_and_services_just_created_are_not_created_again():
     assert overlaid.endpoint_selector == {"slotkeeper.io/endpoint": "credit", LABEL_SLOT: "none"}
 
     clock.now += EXPIRY_SECONDS + 1  # the watch never showed them: forget them and create again
-    third = lagging_pass(world, writes, deliver=(ApplyDeployment, CreateService))
+    third = lagging_pass(world, writes, deliver=(ApplyDeployment, ScaleDeployment, CreateService, ApplyDisruptionBudget))
     assert [a.slot for a in third.actions if isinstance(a, ApplyDeployment)] == ["blue"]
     assert writes.overlay(world.observed()) == world.observed()  # delivered now: nothing left to lay over
     assert writes.deployments == {} and writes.services == {} and writes.selector is None
+    assert writes.disruption_budgets == {}
 
 
 def test_a_scale_just_written_is_seen_with_the_pods_already_observed():

@@ -13,7 +13,7 @@ OWNER = {"metadata": {"name": "credit", "namespace": "ml", "uid": "uid-1"}}
 
 def deployment(spec=None, slot="green"):
     spec = spec or make_spec()
-    return render_slot_deployment(OWNER, spec, slot, revision_of(spec), replicas=3)
+    return render_slot_deployment(OWNER, spec, slot, revision_of(spec))
 
 
 def test_every_object_is_owned_by_the_endpoint():
@@ -29,7 +29,8 @@ def test_deployment_is_named_and_labelled_by_slot_and_revision():
     spec = make_spec()
     body = deployment(spec)
     assert body["metadata"]["name"] == "credit-green"
-    assert body["spec"]["replicas"] == 3
+    # Never applied: an apply owns what it names, and dropping replicas later would reset them to 1.
+    assert "replicas" not in body["spec"]
     # The selector is immutable: slot only, never the revision.
     assert body["spec"]["selector"]["matchLabels"] == {LABEL_ENDPOINT: "credit", LABEL_SLOT: "green"}
     pod_labels = body["spec"]["template"]["metadata"]["labels"]
