@@ -2187,7 +2187,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
       ...; anything else -> 400 with the apiserver's message, record 42) on list & watch. A watched
       object that starts/stops matching the selector arrives as ADDED/DELETED (as from the
       apiserver's watch cache).
-    * ``/scale`` of Deployments (GET, PATCH, PUT; record 21).
+    * ``/scale`` of Deployments (GET, PATCH, PUT; record 21). A write there records its manager with
+      ``subresource: scale`` owning ``spec.replicas``, as an autoscaler's write does (``Kube.scale``
+      plays the HPA controller's; ``tests/contract`` pins what that does to a later apply).
+    * :meth:`changes`: every stored change of a resource, in resourceVersion order across resources,
+      for tests that must know what an object looked like at the moment another one changed.
+
+    HorizontalPodAutoscalers (autoscaling/v2) and PodDisruptionBudgets (policy/v1) come from the
+    bundled builtins: stored as written, typed as untyped maps (so server-side apply merges their
+    lists atomically, as the real types' ``listType=atomic`` lists are), without the apiserver's
+    defaulting (an HPA's minReplicas, a behavior's policies) or validation of their own.
 
     Not emulated: controllers (Deployments and Pods get no status by themselves:
     ``Kube.set_deployment_status``, ``Kube.create_pod``), admission webhooks, RBAC, pagination,
