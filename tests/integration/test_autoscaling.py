@@ -143,6 +143,9 @@ async def test_an_autoscaled_slot_scaled_behind_the_operators_back_stays_and_a_r
         await reconcile_for(operator, passes, clock, 60)
         assert replicas(k8s, "blue") == 5
         assert replica_writes(kmock, since=mark) == [], "the operator wrote replicas the autoscaler owns"
+        # The count does see writes: the apply that created blue named its replicas (minReplicas).
+        assert [body_of(r)["spec"]["replicas"] for r in replica_writes(kmock)] == [2]
+        assert autoscaler.writes >= 1  # the autoscaler's own writes are not the operator's
         await eventually(lambda: status(k8s)["slots"]["blue"] == {
             "revision": status(k8s)["stableRevision"], "replicas": 5, "currentReplicas": 5, "readyReplicas": 5,
             "autoscaled": True})
