@@ -8,15 +8,51 @@ from typing import Any, Literal
 
 @dataclass(frozen=True)
 class ApplyDeployment:
-    """Create the slot's Deployment, or bring it to this body (a new revision or replica count)."""
+    """Create the slot's Deployment, or bring it to this body (a new revision). The body has no
+    replicas: a new Deployment starts at 1, an existing one keeps its count."""
     slot: str
     body: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class ScaleDeployment:
+    """Set the slot's replicas (a merge patch): only for a slot no autoscaler drives."""
     slot: str
     replicas: int
+
+
+@dataclass(frozen=True)
+class HandOverReplicas:
+    """Give ``spec.replicas`` a second owner before an apply that no longer names it.
+
+    A Deployment applied by slotkeeper before 0.2 has its replicas owned by slotkeeper's apply; an
+    apply without them would make the apiserver remove the field (replicas back to 1). This applies
+    ``spec.replicas`` alone, at the count the slot has, as another field manager (Kubernetes'
+    "transferring ownership" of server-side apply), so the apply after it drops only its own claim.
+    """
+    slot: str
+    replicas: int
+
+
+@dataclass(frozen=True)
+class ApplyAutoscaler:
+    """Create or update the slot's HorizontalPodAutoscaler (server-side apply)."""
+    slot: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteAutoscaler:
+    """The slot stops being autoscaled (it is scaled down, or autoscaling is off): no autoscaler may
+    scale it back up. Deleting one that is gone already is fine."""
+    slot: str
+
+
+@dataclass(frozen=True)
+class ApplyDisruptionBudget:
+    """Create or update the slot's PodDisruptionBudget (server-side apply)."""
+    slot: str
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -38,4 +74,5 @@ class EmitEvent:
     message: str
 
 
-Action = ApplyDeployment | ScaleDeployment | CreateService | SwitchTraffic | EmitEvent
+Action = (ApplyDeployment | ScaleDeployment | HandOverReplicas | ApplyAutoscaler | DeleteAutoscaler
+          | ApplyDisruptionBudget | CreateService | SwitchTraffic | EmitEvent)

@@ -6,13 +6,20 @@ the operator's event loop never blocks. Responses are not deserialised into clie
 
 How it writes, and why (each is what the apiserver does with it, pinned by tests/contract/):
 
-* Deployments and Services are **server-side applied** with slotkeeper's own field manager: one
-  idempotent request creates or converges the object, and a field the spec no longer renders is
-  removed (a JSON merge patch can only add and change keys). Bodies go as JSON (valid YAML 1.2):
-  a YAML body would let the apiserver read a label value like ``y`` as a boolean.
+* Deployments, Services, HorizontalPodAutoscalers and PodDisruptionBudgets are **server-side
+  applied** with slotkeeper's own field manager: one idempotent request creates or converges the
+  object, and a field the spec no longer renders is removed (a JSON merge patch can only add and
+  change keys). Bodies go as JSON (valid YAML 1.2): a YAML body would let the apiserver read a label
+  value like ``y`` as a boolean.
 * The traffic switch replaces ``spec.selector`` with a JSON patch: a merge patch would merge the
   maps and keep the ``slot`` key, so the canary's both-slots selector would still pick one slot.
-* Replica changes are merge patches of a single number (nothing to remove there).
+* Replica changes are merge patches of a single number, never part of an apply: the apply would
+  own ``spec.replicas``, and an apply that later leaves them out (because an autoscaler has them
+  now) would make the apiserver reset them to 1. A Deployment whose replicas an older slotkeeper
+  applied gets them handed over first: an apply of ``spec.replicas`` alone, at the count it has, by
+  the field manager ``slotkeeper-handover`` and without ``force`` (a count that moved meanwhile is a
+  409, and the next pass looks again).
+* An autoscaler is deleted when its slot stops serving; deleting one that is gone is no error.
 
 Every error is raised to the reconcile loop, which retries with back-off and decides again from
 what it observes.
@@ -25,10 +32,11 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient, AppsV1Api, AutoscalingV2Api, CoreV1Api, CustomObjectsApi, PolicyV1Api
 from kubernetes.client.exceptions import ApiException
 
-from .actions import Action, ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
+from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
+                      DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
 from .render import slot_object_name
 
@@ -36,11 +44,13 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 FIELD_MANAGER = "slotkeeper"
+HANDOVER_MANAGER = "slotkeeper-handover"
 REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
 
 APPLY = {"_content_type": APPLY_PATCH, "field_manager": FIELD_MANAGER, "force": True}
 MERGE = {"_content_type": MERGE_PATCH, "field_manager": FIELD_MANAGER}
 JSON = {"_content_type": JSON_PATCH, "field_manager": FIELD_MANAGER}
+HANDOVER = {"_content_type": APPLY_PATCH, "field_manager": HANDOVER_MANAGER}  # no force: a moved count is a 409
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,8 @@ class Cluster:
         self.request_timeout = request_timeout
         self.core = CoreV1Api(api_client)
         self.apps = AppsV1Api(api_client)
+        self.autoscaling = AutoscalingV2Api(api_client)
+        self.policy = PolicyV1Api(api_client)
         self.custom = CustomObjectsApi(api_client)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="slotkeeper-api")
 
@@ -80,6 +92,24 @@ class Cluster:
             name = slot_object_name(endpoint, action.slot)
             await self._call(self.apps.patch_namespaced_deployment, name, namespace,
                              {"spec": {"replicas": action.replicas}}, **MERGE)
+        elif isinstance(action, HandOverReplicas):
+            name = slot_object_name(endpoint, action.slot)
+            body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"replicas": action.replicas}}
+            await self._call(self.apps.patch_namespaced_deployment, name, namespace, body, **HANDOVER)
+        elif isinstance(action, ApplyAutoscaler):
+            await self._call(self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+                             action.body["metadata"]["name"], namespace, action.body, **APPLY)
+        elif isinstance(action, DeleteAutoscaler):
+            try:
+                await self._call(self.autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+                                 slot_object_name(endpoint, action.slot), namespace)
+            except ApiException as error:
+                if error.status != 404:  # gone already: what was asked
+                    raise
+        elif isinstance(action, ApplyDisruptionBudget):
+            await self._call(self.policy.patch_namespaced_pod_disruption_budget,
+                             action.body["metadata"]["name"], namespace, action.body, **APPLY)
         elif isinstance(action, CreateService):
             await self._call(self.core.patch_namespaced_service, action.body["metadata"]["name"], namespace,
                              action.body, **APPLY)

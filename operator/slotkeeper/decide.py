@@ -12,6 +12,13 @@ A rollout moves through ``status.rollout.step``::
 Every step is derived from durable status plus what is observed, so the operator can stop at any
 moment and resume where it was. Traffic moves only through :class:`SwitchTraffic`, and only when the
 observed selector differs from the wanted one, so a resumed rollout never switches twice.
+
+Each slot is sized one of two ways in a pass: by hand (:meth:`_Step.want_replicas`: a replica count,
+written only when it differs, and never while an autoscaler exists for the slot: that is deleted
+first) or, with ``serving.autoscaling``, by its HorizontalPodAutoscaler (:meth:`_Step.autoscale`: the
+bounds are what the operator writes; the replicas are the autoscaler's). The last word in a pass wins.
+With autoscaling the stable slot is never sized by hand during a rollout; the candidate is, from the
+stable slot's live size, until it takes traffic and gets an autoscaler of its own.
 """
 
 from __future__ import annotations
@@ -20,14 +27,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Mapping
 
-from .actions import Action, ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
-from .api import SLOTS, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus, Rollout, ScaleDown, SlotStatus
+from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
+                      DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
+from .api import (SLOTS, Autoscaling, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus, Rollout, ScaleDown,
+                  SlotStatus)
 from .checks.canary import actual_weight, replicas_for_weight
 from .checks.verdicts import Verdict, next_check_status, next_due, status_for, summarise_checks
 from .clock import format_time, parse_time
 from .conditions import set_condition
-from .observe import Observed
-from .render import (LABEL_SLOT, NO_SLOT, endpoint_url, render_endpoint_service, render_slot_deployment,
+from .observe import DEFAULT_REPLICAS, Observed
+from .render import (ANNOTATION_CONFIG, LABEL_SLOT, NO_SLOT, endpoint_url, render_endpoint_service,
+                     render_slot_autoscaler, render_slot_deployment, render_slot_disruption_budget,
                      render_slot_service, slot_selector)
 from .revision import revision_of
 
@@ -91,6 +101,8 @@ class _Step:
         self.now_text = format_time(now)
         self.actions: list[Action] = []
         self.wake_ups: list[float] = []
+        self.autoscaled: dict[str, tuple[int, int]] = {}  # slot -> its autoscaler's bounds, this pass
+        self.sized: set[str] = set()  # slots sized this pass, by hand or by autoscaler
 
     # ------------------------------------------------------------------ status and action helpers
     def update(self, **changes) -> None:
@@ -113,18 +125,101 @@ class _Step:
         history = [*self.status.history, entry][-self.spec.revision_history_limit:]
         self.update(history=history)
 
-    def want_deployment(self, slot: str, revision: str, replicas: int) -> None:
+    # ------------------------------------------------------------------------------ slot sizes
+    @property
+    def autoscaling(self) -> Autoscaling | None:
+        return self.spec.serving.autoscaling
+
+    def serving_replicas(self) -> int | None:
+        """What a serving slot is sized by: spec.serving.replicas, or (None) its autoscaler."""
+        return None if self.autoscaling is not None else self.spec.serving.replicas
+
+    def live_size(self) -> int:
+        """With autoscaling: the stable slot's size now (its autoscaler's choice), within the bounds;
+        minReplicas when nothing serves yet."""
+        autoscaling = self.autoscaling
+        assert autoscaling is not None
+        active = self.status.active_slot
+        live = self.observed.slot(active).replicas if active else 0
+        return min(max(live, autoscaling.min_replicas), autoscaling.max_replicas)
+
+    def full_size(self, rollout: Rollout | None = None) -> int:
+        """A serving slot's full size: spec.serving.replicas; with autoscaling the stable slot's live
+        size, or the size the rollout kept once the stable slot may shrink."""
+        if self.autoscaling is None:
+            return self.spec.serving.replicas
+        if rollout is not None and rollout.stable_replicas is not None:
+            return rollout.stable_replicas
+        return self.live_size()
+
+    def replicas_after(self, slot: str) -> int | None:
+        """The slot's replicas once the queued actions ran (None: it has no Deployment)."""
+        for action in reversed(self.actions):
+            if isinstance(action, ScaleDeployment) and action.slot == slot:
+                return action.replicas
+            if isinstance(action, ApplyDeployment) and action.slot == slot and "replicas" in action.body["spec"]:
+                return action.body["spec"]["replicas"]
         seen = self.observed.slot(slot).deployment
-        if seen is None or seen.revision != revision:
-            body = render_slot_deployment(self.endpoint.owner, self.spec, slot, revision, replicas)
+        if seen is not None:
+            return seen.replicas
+        if any(isinstance(action, ApplyDeployment) and action.slot == slot for action in self.actions):
+            return DEFAULT_REPLICAS  # created by an apply naming no replicas: the apiserver's default
+        return None
+
+    def want_deployment(self, slot: str, revision: str, replicas: int | None) -> None:
+        """The slot runs ``revision``, at ``replicas`` or (None) at what its autoscaler chooses.
+
+        The apply that creates the Deployment names its replicas (created at the right size in one
+        write); later applies never do, and the first of them hands the replicas over before (the
+        apiserver would reset replicas that the apply owned alone and stops naming)."""
+        seen = self.observed.slot(slot).deployment
+        if seen is None:
+            created = replicas if replicas is not None else self.full_size()
+            body = render_slot_deployment(self.endpoint.owner, self.spec, slot, revision, replicas=created)
             self.actions.append(ApplyDeployment(slot=slot, body=body))
-        elif seen.replicas != replicas:
-            self.actions.append(ScaleDeployment(slot=slot, replicas=replicas))
+        elif seen.revision != revision:
+            if seen.replicas_applied:
+                self.actions.append(HandOverReplicas(slot=slot, replicas=seen.replicas))
+            body = render_slot_deployment(self.endpoint.owner, self.spec, slot, revision)
+            self.actions.append(ApplyDeployment(slot=slot, body=body))
+        if replicas is None:
+            self.autoscale(slot)
+        else:
+            self.want_replicas(slot, replicas)
 
     def want_replicas(self, slot: str, replicas: int) -> None:
-        seen = self.observed.slot(slot).deployment
-        if seen is not None and seen.replicas != replicas:
+        """Size the slot by hand. No autoscaler may drive it then: one that exists is deleted first."""
+        self.sized.add(slot)
+        self.autoscaled.pop(slot, None)
+        if self.observed.slot(slot).autoscaler is not None and not any(
+                isinstance(action, DeleteAutoscaler) and action.slot == slot for action in self.actions):
+            self.actions.append(DeleteAutoscaler(slot=slot))
+        current = self.replicas_after(slot)
+        if current is not None and current != replicas:
             self.actions.append(ScaleDeployment(slot=slot, replicas=replicas))
+
+    def autoscale(self, slot: str, floor: int | None = None, pin: int | None = None) -> None:
+        """The slot's autoscaler sizes it, within the user's bounds raised to ``floor`` (the stable
+        slot's size while a rollout may fall back on it) or pinned at ``pin`` (a canary step shrinking
+        the stable slot). Its replicas are not written in this pass."""
+        autoscaling = self.autoscaling
+        assert autoscaling is not None
+        low, high = autoscaling.min_replicas, autoscaling.max_replicas
+        if pin is not None:
+            low = high = pin
+        elif floor is not None:
+            low = max(low, min(floor, high))
+        self.sized.add(slot)
+        self.autoscaled[slot] = (low, high)
+        self.actions = [action for action in self.actions
+                        if not (isinstance(action, (ScaleDeployment, DeleteAutoscaler)) and action.slot == slot)]
+
+    def serve(self, slot: str, replicas: int, floor: int | None = None) -> None:
+        """A slot that serves (or may take traffic back): ``replicas``, or its autoscaler's choice."""
+        if self.autoscaling is None:
+            self.want_replicas(slot, replicas)
+        else:
+            self.autoscale(slot, floor=floor)
 
     def wanted_selector(self) -> Mapping[str, str] | None:
         """The endpoint Service's selector once the queued actions ran (None: no such Service)."""
@@ -170,10 +265,32 @@ def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gate
     else:
         _rollout(step, revision)
 
+    _converge_slot_objects(step)
     _report_slots_and_traffic(step)
     _kstatus_conditions(step)
     _write_ahead(step, endpoint.status)
     return step.decision()
+
+
+def _converge_slot_objects(step: _Step) -> None:
+    """Each autoscaled slot's HorizontalPodAutoscaler with this pass's bounds, and a
+    PodDisruptionBudget for each slot that has a Deployment; written only when they differ from what
+    slotkeeper last applied (the config hash on them)."""
+    owner, spec = step.endpoint.owner, step.spec
+    for slot in SLOTS:
+        seen = step.observed.slot(slot)
+        bounds = step.autoscaled.get(slot)
+        if bounds is not None:
+            body = render_slot_autoscaler(owner, spec, slot, *bounds)
+            if seen.autoscaler is None or seen.autoscaler.config != body["metadata"]["annotations"][ANNOTATION_CONFIG]:
+                step.actions.append(ApplyAutoscaler(slot=slot, body=body))
+        elif slot not in step.sized and step.autoscaling is None and seen.autoscaler is not None:
+            step.actions.append(DeleteAutoscaler(slot=slot))  # autoscaling was turned off
+        if step.replicas_after(slot) is not None:
+            body = render_slot_disruption_budget(owner, spec, slot)
+            config = body["metadata"]["annotations"][ANNOTATION_CONFIG]
+            if seen.disruption_budget is None or seen.disruption_budget.config != config:
+                step.actions.append(ApplyDisruptionBudget(slot=slot, body=body))
 
 
 # Status fields that only report what is observed; everything else is what the operator remembers.
@@ -266,7 +383,7 @@ def _first_rollout(step: _Step, revision: str) -> None:
                         f"replaced by revision {revision} before it was ready")
         rollout = _new_rollout(step, revision, FIRST_SLOT)
     step.want_selector(NO_SLOT)
-    step.want_deployment(rollout.slot, revision, spec.serving.replicas)
+    step.want_deployment(rollout.slot, revision, step.full_size())
     failure = _readiness_failure(step, rollout)
     if failure:
         reason, message = failure
@@ -302,7 +419,7 @@ def _steady(step: _Step, revision: str) -> None:
         step.event("Normal", "Superseded", f"rollout of {rollout.revision} cancelled: the spec is back at {revision}")
         step.update(rollout=None, candidate_revision=None, candidate_slot=None)
     step.want_selector(active)
-    step.want_deployment(active, revision, spec.serving.replicas)
+    step.want_deployment(active, revision, step.serving_replicas())
     _settle_idle_slot(step, idle)
     step.update(phase="Healthy")
     _healthy_conditions(step, f"revision {revision} serves from slot {active}")
@@ -312,7 +429,7 @@ def _after_revert(step: _Step) -> None:
     """The spec still asks for the revision that was reverted: keep serving stable; say why."""
     active = step.status.active_slot or FIRST_SLOT
     step.want_selector(active)
-    step.want_replicas(active, step.spec.serving.replicas)
+    step.serve(active, step.spec.serving.replicas)
     _settle_idle_slot(step, other_slot(active))
     step.update(phase="RolledBack")
     _serving_conditions(step, active)
@@ -338,7 +455,9 @@ def _rollout(step: _Step, revision: str) -> None:
 
     if rollout.step in PRE_TRAFFIC_STEPS:
         step.want_selector(active)  # before the candidate slot changes: it may have held traffic
-    step.want_deployment(rollout.slot, revision, _candidate_replicas(step, rollout))
+        if step.autoscaling is not None:
+            step.autoscale(active)  # stable still takes all traffic: its autoscaler follows the load
+    step.want_deployment(rollout.slot, revision, _candidate_size(step, rollout))
     step.update(phase="Progressing")
     _record_verdicts(step, rollout)
 
@@ -354,7 +473,7 @@ def _rollout(step: _Step, revision: str) -> None:
 
     if rollout.step == "Deploying":
         step.want_selector(active)
-        step.want_replicas(active, spec.serving.replicas)
+        step.serve(active, spec.serving.replicas)
         if not step.observed.slot(rollout.slot).fully_ready(revision):
             step.condition("Progressing", True, "Deploying", f"waiting for revision {revision} in slot {rollout.slot}")
             return
@@ -416,19 +535,32 @@ def _validate(step: _Step, rollout: Rollout) -> Rollout | None:
 def _canary(step: _Step, rollout: Rollout, active: str) -> Rollout | None:
     """Walk the canary steps; None while a step waits. The selector picks both slots while weight > 0."""
     spec, canary = step.spec, step.spec.strategy.canary
-    replicas = spec.serving.replicas
     while rollout.canary_step < len(canary.steps):
         current = canary.steps[rollout.canary_step]
         position = f"step {rollout.canary_step + 1}/{len(canary.steps)}"
         weight = _canary_weight(canary, rollout.canary_step)
         step.want_selector(BOTH_SLOTS if weight > 0 else active)
         if current.set_weight is not None and current.set_weight < 100:
-            stable_n, candidate_n = replicas_for_weight(replicas, current.set_weight)
+            if current.set_weight > 50:
+                rollout = _keep_stable_size(step, rollout)  # before the stable slot shrinks
+            stable_n, candidate_n = replicas_for_weight(step.full_size(rollout), current.set_weight)
             candidate_ready = step.observed.slot(rollout.slot).fully_ready(rollout.revision) and \
                 step.observed.slot(rollout.slot).replicas == candidate_n
-            # The stable slot shrinks only once the candidate's pods for this weight are ready.
-            step.want_replicas(active, stable_n if candidate_ready else max(stable_n, step.observed.slot(active).replicas))
-            if not candidate_ready or step.observed.slot(active).replicas != stable_n:
+            stable_now = step.observed.slot(active).replicas
+            if step.autoscaling is None:
+                # The stable slot shrinks only once the candidate's pods for this weight are ready.
+                step.want_replicas(active, stable_n if candidate_ready else max(stable_n, stable_now))
+                stable_settled = stable_now == stable_n
+            elif rollout.stable_replicas is None:  # weights up to 50: stable is as its autoscaler has it
+                step.autoscale(active)
+                stable_settled = True
+            else:  # the stable slot's autoscaler is pinned at its share, or floored at the size kept
+                if current.set_weight > 50 and candidate_ready:
+                    step.autoscale(active, pin=stable_n)
+                else:
+                    step.autoscale(active, floor=max(stable_n, min(stable_now, rollout.stable_replicas)))
+                stable_settled = stable_now == stable_n
+            if not candidate_ready or not stable_settled:
                 deadline = parse_time(rollout.step_started_at) + timedelta(seconds=spec.checks.progress_deadline_seconds)
                 if step.now >= deadline:
                     _revert(step, rollout, "ProgressDeadlineExceeded",
@@ -462,7 +594,11 @@ def _canary(step: _Step, rollout: Rollout, active: str) -> Rollout | None:
 def _analyse(step: _Step, rollout: Rollout, active: str) -> None:
     """Traffic on the candidate alone, the old slot at full size, checks running; then promote."""
     spec, revision = step.spec, rollout.revision
-    step.want_replicas(active, spec.serving.replicas)
+    if step.autoscaling is None:
+        step.want_replicas(active, spec.serving.replicas)
+    else:  # stable keeps the size it had until the revision is proven: a revert lands on it
+        rollout = _keep_stable_size(step, rollout)
+        step.autoscale(active, floor=rollout.stable_replicas)
     if rollout.switched_at is None:
         candidate = step.observed.slot(rollout.slot)
         # Ready at full size, not at the canary's last size: the size may be queued in this very pass.
@@ -475,6 +611,8 @@ def _analyse(step: _Step, rollout: Rollout, active: str) -> None:
             return
         rollout = rollout.model_copy(update={"switched_at": step.now_text})
         step.update(rollout=rollout)
+        if step.autoscaling is not None:
+            step.autoscale(rollout.slot)  # with the traffic, the candidate's own autoscaler takes over
     if step.want_selector(rollout.slot):
         # Analysis counts once traffic has really moved: look again right after the switch.
         step.condition("Progressing", True, "Analysing", f"switching traffic to slot {rollout.slot}")
@@ -500,9 +638,27 @@ def _canary_weight(canary, index: int) -> int:
     return weights[-1] if weights else 0
 
 
+def _keep_stable_size(step: _Step, rollout: Rollout) -> Rollout:
+    """With autoscaling: from here on the rollout sizes by the stable slot's size now, not its live one
+    (the stable slot is about to shrink, or to lose its traffic and so its load)."""
+    if step.autoscaling is None or rollout.stable_replicas is not None:
+        return rollout
+    rollout = rollout.model_copy(update={"stable_replicas": step.live_size()})
+    step.update(rollout=rollout)
+    return rollout
+
+
+def _candidate_size(step: _Step, rollout: Rollout) -> int | None:
+    """The candidate's replicas, or None once its autoscaler sizes it (with autoscaling, after the switch)."""
+    if step.autoscaling is not None and rollout.switched_at is not None:
+        return None
+    return _candidate_replicas(step, rollout)
+
+
 def _candidate_replicas(step: _Step, rollout: Rollout) -> int:
-    """Full size, except during a canary: the pods the current (or first) weight needs, at least one."""
-    replicas, canary = step.spec.serving.replicas, step.spec.strategy.canary
+    """Full size, except during a canary: the pods the current (or first) weight needs, at least one.
+    With autoscaling, full size is the stable slot's live size: a switch never lands on fewer pods."""
+    replicas, canary = step.full_size(rollout), step.spec.strategy.canary
     if canary is None or rollout.step == "Analysing":
         return replicas
     if rollout.step == "Canary":
@@ -577,7 +733,7 @@ def _readiness_failure(step: _Step, rollout: Rollout) -> tuple[str, str] | None:
         if step.now >= deadline:
             return "ProgressDeadlineExceeded", (
                 f"revision {rollout.revision} in slot {rollout.slot} was not ready within "
-                f"{step.spec.checks.progress_deadline_seconds}s ({slot.ready_replicas}/{step.spec.serving.replicas} ready)"
+                f"{step.spec.checks.progress_deadline_seconds}s ({slot.ready_replicas}/{step.full_size(rollout)} ready)"
             )
         step.wake_at(min(deadline, step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS)))
     return None
@@ -586,9 +742,11 @@ def _readiness_failure(step: _Step, rollout: Rollout) -> tuple[str, str] | None:
 def _revert(step: _Step, rollout: Rollout, reason: str, message: str) -> None:
     """Traffic back to stable first, then stable's replicas; the failed slot stays for inspection."""
     active = step.status.active_slot or FIRST_SLOT
-    step.actions = [a for a in step.actions if not isinstance(a, (ApplyDeployment, ScaleDeployment, SwitchTraffic))]
+    step.actions = [a for a in step.actions if not isinstance(
+        a, (ApplyDeployment, HandOverReplicas, ScaleDeployment, DeleteAutoscaler, SwitchTraffic))]
+    step.autoscaled.clear()
     step.want_selector(active)
-    step.want_replicas(active, step.spec.serving.replicas)
+    step.serve(active, step.spec.serving.replicas)  # with autoscaling: its autoscaler, never removed
     step.want_replicas(rollout.slot, step.spec.failed_slot_replicas)
     step.update(rollout=None, candidate_revision=None, candidate_slot=None, failed_revision=rollout.revision,
                 failed_generation=step.endpoint.generation, phase="RolledBack")
@@ -623,7 +781,7 @@ def _settle_idle_slot(step: _Step, idle: str) -> None:
     if status.scale_down is not None and status.scale_down.slot == idle:
         due = parse_time(status.scale_down.at)
         if step.now < due:
-            step.want_replicas(idle, step.spec.serving.replicas)
+            step.serve(idle, step.spec.serving.replicas)
             step.wake_at(due)
             return
         step.update(scale_down=None)
@@ -670,7 +828,9 @@ def _report_slots_and_traffic(step: _Step) -> None:
     observed = step.observed
     slots = {
         slot: SlotStatus(revision=observed.slot(slot).revision, replicas=observed.slot(slot).replicas,
-                         ready_replicas=observed.slot(slot).ready_replicas)
+                         current_replicas=observed.slot(slot).current_replicas,
+                         ready_replicas=observed.slot(slot).ready_replicas,
+                         autoscaled=observed.slot(slot).autoscaler is not None)
         for slot in SLOTS if observed.slot(slot).deployment is not None
     }
     # What the cluster routes by now, not what this pass is about to write: a switch shows in the

@@ -31,7 +31,7 @@ from .checks.runner import CheckRunner
 from .client_config import build_api_client, connection_info, load_configuration
 from .cluster import Cluster
 from .loops import EndpointLoop, EndpointLoops, Key
-from .observe import summarise_deployment, summarise_pod
+from .observe import summarise_autoscaler, summarise_deployment, summarise_disruption_budget, summarise_pod
 from .reconciler import EndpointGone, EndpointReconciler, ObservedSources
 from .render import LABEL_ENDPOINT, LABEL_MANAGED_BY, MANAGED_BY
 
@@ -39,7 +39,8 @@ OWNED = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_ENDPOINT: kopf.PRESENT}
 # Sent to the apiserver, so the watches carry only slotkeeper's objects (kopf's ``labels=`` filters
 # are client-side: without this, the operator would receive and keep every Pod of the cluster).
 OWNED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ENDPOINT}"
-OWNED_RESOURCES = (("apps", "v1", "deployments"), ("v1", "pods"), ("v1", "services"))
+OWNED_RESOURCES = (("apps", "v1", "deployments"), ("v1", "pods"), ("v1", "services"),
+                   ("autoscaling", "v2", "horizontalpodautoscalers"), ("policy", "v1", "poddisruptionbudgets"))
 # Put on every endpoint by slotkeeper 0.1.0 (a kopf daemon's finalizer); removed where still found.
 LEGACY_FINALIZER = f"{GROUP}/finalizer"
 MAX_BACKOFF_SECONDS = 60.0
@@ -122,9 +123,21 @@ async def endpoint_services(namespace: str, name: str, labels: kopf.Labels, spec
     return {(namespace, labels[LABEL_ENDPOINT]): (name, dict(spec.get("selector") or {}))}
 
 
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED)
+async def slot_autoscalers(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_ENDPOINT]): summarise_autoscaler(body)}
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=OWNED)
+async def slot_disruption_budgets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_ENDPOINT]): summarise_disruption_budget(body)}
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 @kopf.on.event("", "v1", "pods", labels=OWNED)
 @kopf.on.event("", "v1", "services", labels=OWNED)
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED)
 async def owned_object_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     memo.loops.wake(namespace, labels.get(LABEL_ENDPOINT))
 
@@ -132,7 +145,8 @@ async def owned_object_changed(namespace: str, labels: kopf.Labels, memo: kopf.M
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def endpoint_changed(
     type: str | None, name: str, namespace: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
-    slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index, **_: Any,
+    slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index,
+    slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index, **_: Any,
 ) -> None:
     key = (namespace, name)
     finalizers = list(meta.get("finalizers") or [])
@@ -143,7 +157,8 @@ async def endpoint_changed(
         return
 
     async def run(key: Key, loop: EndpointLoop) -> None:
-        await reconcile_endpoint(key, loop, memo, slot_deployments, slot_pods, endpoint_services)
+        await reconcile_endpoint(key, loop, memo, slot_deployments, slot_pods, endpoint_services,
+                                 slot_autoscalers, slot_disruption_budgets)
 
     memo.loops.seen(key, body, run)
 
@@ -154,12 +169,14 @@ async def endpoint_changed(
 async def reconcile_endpoint(
     key: Key, loop: EndpointLoop, memo: kopf.Memo,
     slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index,
+    slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index,
 ) -> None:
     namespace, name = key
     reconciler = EndpointReconciler(
         namespace=namespace, name=name, cluster=memo.cluster,
         post_event=lambda **event: kopf.event(loop.body, **event),
         checks=CheckRunner(memo.http, access=memo.slot_access),
+        **({"clock": memo.clock} if getattr(memo, "clock", None) is not None else {}),  # tests: a fake clock
     )
     backoff = RetryBackoff(base=getattr(memo, "retry_backoff", DEFAULT_BACKOFF_SECONDS))
     while not loop.stopped.is_set():
@@ -168,6 +185,8 @@ async def reconcile_endpoint(
             deployments=list(slot_deployments.get(key, [])),
             pods=list(slot_pods.get(key, [])),
             services=dict(endpoint_services.get(key, [])),
+            autoscalers=list(slot_autoscalers.get(key, [])),
+            disruption_budgets=list(slot_disruption_budgets.get(key, [])),
         )
         delay = await _reconcile_pass(reconciler, loop.body, sources, backoff)
         if delay is None:

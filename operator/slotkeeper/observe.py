@@ -1,7 +1,7 @@
 """The observed world of one endpoint, summarised from raw API objects by pure functions.
 
-The cluster layer keeps small summaries (not whole objects) of the Deployments, Services and Pods
-the operator owns, fed by watches; :func:`observe_endpoint` folds them into what the decision needs.
+The cluster layer keeps small summaries (not whole objects) of the Deployments, Services, Pods,
+HorizontalPodAutoscalers and PodDisruptionBudgets the operator owns, fed by watches; :func:`observe_endpoint` folds them into what the decision needs.
 """
 
 from __future__ import annotations
@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .render import LABEL_REVISION, LABEL_SLOT
+from .render import ANNOTATION_CONFIG, LABEL_REVISION, LABEL_SLOT
+
+# The field manager of slotkeeper's server-side applies (cluster.py sends it).
+APPLY_MANAGER = "slotkeeper"
+# What the apiserver gives a Deployment created without spec.replicas.
+DEFAULT_REPLICAS = 1
 
 # Container states that will not heal by waiting: a rollout fails at once instead of at its deadline.
 FAIL_FAST_REASONS = frozenset({
@@ -29,6 +34,26 @@ class DeploymentSummary:
     status_replicas: int = 0
     # False while the Deployment controller has not yet seen the latest spec.
     generation_observed: bool = True
+    # slotkeeper's server-side apply owns spec.replicas (as every apply before 0.2 made it): an apply
+    # without them would reset them to 1, so they are handed over first (actions.HandOverReplicas).
+    replicas_applied: bool = False
+
+
+@dataclass(frozen=True)
+class AutoscalerSummary:
+    """A slot's HorizontalPodAutoscaler: what slotkeeper applied (its config hash) and what it does."""
+    slot: str
+    config: str | None
+    min_replicas: int = 1
+    max_replicas: int = 1
+    current_replicas: int | None = None
+    desired_replicas: int | None = None
+
+
+@dataclass(frozen=True)
+class DisruptionBudgetSummary:
+    slot: str
+    config: str | None
 
 
 @dataclass(frozen=True)
@@ -45,6 +70,8 @@ class PodSummary:
 class SlotObservation:
     deployment: DeploymentSummary | None
     pods: tuple[PodSummary, ...] = ()
+    autoscaler: AutoscalerSummary | None = None
+    disruption_budget: DisruptionBudgetSummary | None = None
 
     @property
     def revision(self) -> str | None:
@@ -57,6 +84,10 @@ class SlotObservation:
     @property
     def ready_replicas(self) -> int:
         return self.deployment.ready_replicas if self.deployment else 0
+
+    @property
+    def current_replicas(self) -> int:
+        return self.deployment.status_replicas if self.deployment else 0
 
     def fully_ready(self, revision: str) -> bool:
         """All desired replicas of ``revision`` are updated, available and ready (Argo Rollouts' rule)."""
@@ -113,14 +144,39 @@ def summarise_deployment(body: Mapping[str, Any]) -> DeploymentSummary:
     return DeploymentSummary(
         slot=labels.get(LABEL_SLOT, ""),
         revision=template_labels.get(LABEL_REVISION) or labels.get(LABEL_REVISION),
-        replicas=int(spec.get("replicas", 1)),
+        replicas=int(spec.get("replicas", DEFAULT_REPLICAS)),
         ready_replicas=int(status.get("readyReplicas") or 0),
         updated_replicas=int(status.get("updatedReplicas") or 0),
         available_replicas=int(status.get("availableReplicas") or 0),
         status_replicas=int(status.get("replicas") or 0),
         # Test API doubles set no generation; a real apiserver always does.
         generation_observed=generation is None or (observed_generation or 0) >= generation,
+        replicas_applied=_applies_replicas(meta.get("managedFields") or []),
     )
+
+
+def _applies_replicas(managed_fields: Iterable[Mapping[str, Any]]) -> bool:
+    for entry in managed_fields:
+        if entry.get("manager") == APPLY_MANAGER and entry.get("operation") == "Apply" and \
+                not entry.get("subresource") and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {}):
+            return True
+    return False
+
+
+def summarise_autoscaler(body: Mapping[str, Any]) -> AutoscalerSummary:
+    meta, spec, status = body.get("metadata", {}), body.get("spec") or {}, body.get("status") or {}
+    labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+    return AutoscalerSummary(
+        slot=labels.get(LABEL_SLOT, ""), config=annotations.get(ANNOTATION_CONFIG),
+        min_replicas=int(spec.get("minReplicas") or 1), max_replicas=int(spec.get("maxReplicas") or 1),
+        current_replicas=status.get("currentReplicas"), desired_replicas=status.get("desiredReplicas"),
+    )
+
+
+def summarise_disruption_budget(body: Mapping[str, Any]) -> DisruptionBudgetSummary:
+    meta = body.get("metadata", {})
+    return DisruptionBudgetSummary(slot=(meta.get("labels") or {}).get(LABEL_SLOT, ""),
+                                   config=(meta.get("annotations") or {}).get(ANNOTATION_CONFIG))
 
 
 def _container_failure(statuses: Iterable[Mapping[str, Any]]) -> str | None:
@@ -151,11 +207,16 @@ def observe_endpoint(
     pods: Iterable[PodSummary],
     endpoint_selector: Mapping[str, str] | None,
     slot_services: Iterable[str],
+    autoscalers: Iterable[AutoscalerSummary] = (),
+    disruption_budgets: Iterable[DisruptionBudgetSummary] = (),
 ) -> Observed:
     by_slot = {d.slot: d for d in deployments}
+    hpas = {a.slot: a for a in autoscalers}
+    pdbs = {b.slot: b for b in disruption_budgets}
     pods = tuple(pods)
     slots = {
-        slot: SlotObservation(deployment=deployment, pods=tuple(p for p in pods if p.slot == slot))
-        for slot, deployment in by_slot.items()
+        slot: SlotObservation(deployment=by_slot.get(slot), pods=tuple(p for p in pods if p.slot == slot),
+                              autoscaler=hpas.get(slot), disruption_budget=pdbs.get(slot))
+        for slot in {*by_slot, *hpas, *pdbs}
     }
     return Observed(slots=slots, endpoint_selector=endpoint_selector, slot_services=frozenset(slot_services))

@@ -13,8 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .actions import Action, ApplyDeployment, CreateService, ScaleDeployment, SwitchTraffic
-from .observe import DeploymentSummary, Observed, SlotObservation, summarise_deployment
+from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
+                      DeleteAutoscaler, ScaleDeployment, SwitchTraffic)
+from .observe import (DEFAULT_REPLICAS, AutoscalerSummary, DeploymentSummary, DisruptionBudgetSummary, Observed,
+                      summarise_autoscaler, summarise_deployment, summarise_disruption_budget)
 
 EXPIRY_SECONDS = 30.0
 
@@ -22,18 +24,40 @@ EXPIRY_SECONDS = 30.0
 @dataclass
 class RecentWrites:
     clock: Callable[[], float] = time.monotonic
-    deployments: dict[str, tuple[str | None, int, float]] = field(default_factory=dict)  # slot -> revision, replicas
+    # slot -> revision, replicas, whether slotkeeper's apply owns the replicas, when
+    deployments: dict[str, tuple[str | None, int, bool, float]] = field(default_factory=dict)
     selector: tuple[dict[str, str], float] | None = None
     services: dict[str, float] = field(default_factory=dict)  # slot Services created, by slot ("" = endpoint)
+    # slot -> the autoscaler applied (None: deleted); slot -> the disruption budget applied
+    autoscalers: dict[str, tuple[AutoscalerSummary | None, float]] = field(default_factory=dict)
+    disruption_budgets: dict[str, tuple[DisruptionBudgetSummary, float]] = field(default_factory=dict)
 
     def remember(self, endpoint: str, action: Action, observed: Observed) -> None:
         now = self.clock()
         if isinstance(action, ApplyDeployment):
             summary = summarise_deployment(action.body)
-            self.deployments[action.slot] = (summary.revision, summary.replicas, now)
+            applied = "replicas" in action.body.get("spec", {})
+            if applied:
+                replicas = summary.replicas
+            else:  # a body naming no replicas: an existing Deployment keeps its own
+                replicas = self.deployments.get(action.slot, (None, None))[1]
+                if replicas is None:
+                    seen = observed.slot(action.slot).deployment
+                    replicas = seen.replicas if seen is not None else DEFAULT_REPLICAS
+            self.deployments[action.slot] = (summary.revision, replicas, applied, now)
+        elif isinstance(action, ApplyAutoscaler):
+            self.autoscalers[action.slot] = (summarise_autoscaler(action.body), now)
+        elif isinstance(action, DeleteAutoscaler):
+            self.autoscalers[action.slot] = (None, now)
+        elif isinstance(action, ApplyDisruptionBudget):
+            self.disruption_budgets[action.slot] = (summarise_disruption_budget(action.body), now)
         elif isinstance(action, ScaleDeployment):
-            revision = self.deployments.get(action.slot, (observed.slot(action.slot).revision,))[0]
-            self.deployments[action.slot] = (revision, action.replicas, now)
+            seen = observed.slot(action.slot).deployment
+            revision, before, applied, _ = self.deployments.get(action.slot, (
+                observed.slot(action.slot).revision, observed.slot(action.slot).replicas,
+                seen is not None and seen.replicas_applied, 0.0))
+            # A merge patch that changes the count takes the field from the apply (an entry of its own).
+            self.deployments[action.slot] = (revision, action.replicas, applied and before == action.replicas, now)
         elif isinstance(action, SwitchTraffic):
             self.selector = (dict(action.selector), now)
         elif isinstance(action, CreateService):
@@ -47,13 +71,27 @@ class RecentWrites:
         """The observed world with writes the watches have not delivered yet laid over it."""
         now = self.clock()
         slots = dict(observed.slots)
-        for slot, (revision, replicas, at) in list(self.deployments.items()):
+        for slot, (revision, replicas, applied, at) in list(self.deployments.items()):
             seen = observed.slot(slot).deployment
             if now - at > EXPIRY_SECONDS or (seen and (seen.revision, seen.replicas) == (revision, replicas)):
                 del self.deployments[slot]
                 continue
-            slots[slot] = SlotObservation(deployment=_expected(slot, seen, revision, replicas),
-                                          pods=observed.slot(slot).pods)
+            slots[slot] = dataclasses.replace(observed.slot(slot),
+                                              deployment=_expected(slot, seen, revision, replicas, applied))
+        for slot, (autoscaler, at) in list(self.autoscalers.items()):
+            seen_autoscaler = slots.get(slot, observed.slot(slot)).autoscaler
+            shown = autoscaler is None and seen_autoscaler is None or autoscaler is not None and \
+                seen_autoscaler is not None and seen_autoscaler.config == autoscaler.config
+            if now - at > EXPIRY_SECONDS or shown:
+                del self.autoscalers[slot]
+                continue
+            slots[slot] = dataclasses.replace(slots.get(slot, observed.slot(slot)), autoscaler=autoscaler)
+        for slot, (budget, at) in list(self.disruption_budgets.items()):
+            seen_budget = slots.get(slot, observed.slot(slot)).disruption_budget
+            if now - at > EXPIRY_SECONDS or (seen_budget is not None and seen_budget.config == budget.config):
+                del self.disruption_budgets[slot]
+                continue
+            slots[slot] = dataclasses.replace(slots.get(slot, observed.slot(slot)), disruption_budget=budget)
 
         selector = observed.endpoint_selector
         if self.selector is not None:
@@ -72,7 +110,8 @@ class RecentWrites:
         return observed.expecting(slots, selector, frozenset(services))
 
 
-def _expected(slot: str, seen: DeploymentSummary | None, revision: str | None, replicas: int) -> DeploymentSummary:
-    if seen is None or seen.revision != revision:
-        return DeploymentSummary(slot=slot, revision=revision, replicas=replicas)  # new pods: none ready yet
-    return dataclasses.replace(seen, replicas=replicas)
+def _expected(slot: str, seen: DeploymentSummary | None, revision: str | None, replicas: int,
+              applied: bool) -> DeploymentSummary:
+    if seen is None or seen.revision != revision:  # new pods: none ready yet
+        return DeploymentSummary(slot=slot, revision=revision, replicas=replicas, replicas_applied=applied)
+    return dataclasses.replace(seen, replicas=replicas, replicas_applied=applied)

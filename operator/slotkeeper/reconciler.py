@@ -22,7 +22,8 @@ from .conditions import set_condition
 from .clock import format_time
 from .checks.runner import CheckRunner
 from .decide import Endpoint, Gates, decide_next_step
-from .observe import DeploymentSummary, Observed, PodSummary, observe_endpoint
+from .observe import (AutoscalerSummary, DeploymentSummary, DisruptionBudgetSummary, Observed, PodSummary,
+                      observe_endpoint)
 from .recent_writes import RecentWrites
 
 # With nothing under way, look again this rarely (level-triggered safety net; it costs no API call).
@@ -38,6 +39,8 @@ class ObservedSources:
     deployments: Iterable[DeploymentSummary]
     pods: Iterable[PodSummary]
     services: Mapping[str, Mapping[str, str]]  # Service name -> selector
+    autoscalers: Iterable[AutoscalerSummary] = ()
+    disruption_budgets: Iterable[DisruptionBudgetSummary] = ()
 
 
 def spec_error(error: ValidationError) -> str:
@@ -134,6 +137,8 @@ class EndpointReconciler:
             pods=sources.pods,
             endpoint_selector=services.get(self.name),
             slot_services=[name[len(self.name) + 1:] for name in services if name != self.name],
+            autoscalers=sources.autoscalers,
+            disruption_budgets=sources.disruption_budgets,
         )
 
     async def _write_status(self, old: dict[str, Any], new: dict[str, Any]) -> None:

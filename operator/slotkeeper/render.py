@@ -1,4 +1,5 @@
-"""Pure builders of the objects an endpoint owns: slot Deployments, slot Services, the endpoint Service.
+"""Pure builders of the objects an endpoint owns: slot Deployments, slot Services, the endpoint Service,
+and each slot's PodDisruptionBudget and (with autoscaling) HorizontalPodAutoscaler.
 
 Every object carries the endpoint, slot and revision labels and an owner reference to its
 ModelEndpoint, so ``kubectl delete mep`` deletes everything and ``kubectl get all -l`` finds it.
@@ -6,6 +7,8 @@ ModelEndpoint, so ``kubectl delete mep`` deletes everything and ``kubectl get al
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +18,10 @@ LABEL_ENDPOINT = "slotkeeper.io/endpoint"
 LABEL_SLOT = "slotkeeper.io/slot"
 LABEL_REVISION = "slotkeeper.io/revision"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# On autoscalers and disruption budgets: a hash of the spec slotkeeper rendered, so a pass compares
+# what it wants with what it wrote, not with the apiserver's defaulted copy.
+ANNOTATION_CONFIG = "slotkeeper.io/config"
+DEFAULT_MAX_UNAVAILABLE = 1
 MANAGED_BY = "slotkeeper"
 # The endpoint Service selects this slot before any revision is ready: it matches no pod.
 NO_SLOT = "none"
@@ -86,9 +93,15 @@ def model_location(uri: str) -> tuple[str, dict[str, Any] | None, dict[str, Any]
     return f"file://{mount_path}{parts.path}", volume, mount
 
 
-def render_slot_deployment(
-    owner: dict[str, Any], spec: ModelEndpointSpec, slot: str, revision: str, replicas: int,
-) -> dict[str, Any]:
+def render_slot_deployment(owner: dict[str, Any], spec: ModelEndpointSpec, slot: str, revision: str,
+                           replicas: int | None = None) -> dict[str, Any]:
+    """The slot's Deployment, to be server-side applied.
+
+    ``replicas`` only for the apply that creates it. Later applies never name them: replicas change
+    by a separate write (ScaleDeployment, a merge patch) or by the slot's HorizontalPodAutoscaler,
+    and an apply keeping them would fight the autoscaler. A field an apply stops naming is removed by
+    the apiserver (replicas reset to 1) unless another manager owns it too, so before the first apply
+    without them the decision hands them over (HandOverReplicas)."""
     endpoint = owner["metadata"]["name"]
     serving = spec.serving
     uri, model_volume, model_mount = model_location(spec.model.uri)
@@ -156,7 +169,7 @@ def render_slot_deployment(
         "kind": "Deployment",
         "metadata": _metadata(owner, slot_object_name(endpoint, slot), pod_labels),
         "spec": {
-            "replicas": replicas,
+            **({"replicas": replicas} if replicas is not None else {}),
             "revisionHistoryLimit": 2,
             # The selector is immutable, so it names the slot, never the revision.
             "selector": {"matchLabels": slot_selector(endpoint, slot)},
@@ -199,3 +212,49 @@ def render_endpoint_service(owner: dict[str, Any], selector: dict[str, str]) -> 
     """The address clients call. Its selector is the traffic switch."""
     endpoint = owner["metadata"]["name"]
     return _service(owner, endpoint, _labels(endpoint), selector)
+
+
+def config_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:10]
+
+
+def _with_config(body: dict[str, Any]) -> dict[str, Any]:
+    body["metadata"]["annotations"] = {ANNOTATION_CONFIG: config_hash(body["spec"])}
+    return body
+
+
+def render_slot_autoscaler(owner: dict[str, Any], spec: ModelEndpointSpec, slot: str,
+                           min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    """The slot's HorizontalPodAutoscaler (autoscaling/v2) with these bounds: the decision chooses
+    them (the user's, or a floor or pin while a rollout needs one); targets and behavior are the user's."""
+    autoscaling = spec.serving.autoscaling
+    assert autoscaling is not None
+    endpoint = owner["metadata"]["name"]
+    name = slot_object_name(endpoint, slot)
+    hpa_spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+        "minReplicas": min_replicas,
+        "maxReplicas": max_replicas,
+        "metrics": [metric.to_api() for metric in autoscaling.metrics],
+    }
+    if autoscaling.behavior is not None:
+        hpa_spec["behavior"] = autoscaling.behavior.to_api()
+    return _with_config({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(owner, name, _labels(endpoint, slot)),
+        "spec": hpa_spec,
+    })
+
+
+def render_slot_disruption_budget(owner: dict[str, Any], spec: ModelEndpointSpec, slot: str) -> dict[str, Any]:
+    """The slot's PodDisruptionBudget: a node drain evicts at most maxUnavailable of its pods at once."""
+    endpoint = owner["metadata"]["name"]
+    budget = spec.serving.disruption_budget
+    max_unavailable = DEFAULT_MAX_UNAVAILABLE if budget is None else budget.max_unavailable
+    return _with_config({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, slot_object_name(endpoint, slot), _labels(endpoint, slot)),
+        "spec": {"maxUnavailable": max_unavailable, "selector": {"matchLabels": slot_selector(endpoint, slot)}},
+    })

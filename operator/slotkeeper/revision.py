@@ -1,8 +1,9 @@
 """Revision identity: a stable hash of what is served and how.
 
 Two specs with the same model and the same serving template are the same revision, whatever order
-their keys were written in. ``serving.replicas`` is left out on purpose: scaling an endpoint is not a
-new revision and must not start a rollout (like a Deployment's ReplicaSet hash).
+their keys were written in. ``serving.replicas``, ``serving.autoscaling`` and
+``serving.disruptionBudget`` are left out on purpose: scaling an endpoint (by hand or by autoscaler) is
+not a new revision and must not start a rollout (like a Deployment's ReplicaSet hash).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ REVISION_LENGTH = 10
 def revision_of(spec: ModelEndpointSpec) -> str:
     identity = {
         "model": spec.model.to_api(),
-        "serving": spec.serving.model_copy(update={"replicas": 0}).to_api(),
+        "serving": spec.serving.model_copy(update={"replicas": 0, "autoscaling": None,
+                                                   "disruption_budget": None}).to_api(),
     }
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:REVISION_LENGTH]

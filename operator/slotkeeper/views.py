@@ -25,9 +25,10 @@ def format_status(endpoint: Mapping[str, Any], events: Sequence[Mapping[str, Any
     if status.get("failedRevision"):
         lines.append(f"  failed:    {status['failedRevision']} (not retried until the spec changes or `retry`)")
     slots, traffic = status.get("slots") or {}, status.get("traffic") or {}
-    lines += ["", table(["SLOT", "REVISION", "REPLICAS", "READY", "TRAFFIC"], [
+    lines += ["", table(["SLOT", "REVISION", "REPLICAS", "READY", "TRAFFIC", "AUTOSCALED"], [
         [slot, (slots.get(slot) or {}).get("revision") or "-", (slots.get(slot) or {}).get("replicas", 0),
-         (slots.get(slot) or {}).get("readyReplicas", 0), f"{traffic.get(slot, 0)}%"] for slot in SLOTS])]
+         (slots.get(slot) or {}).get("readyReplicas", 0), f"{traffic.get(slot, 0)}%",
+         "yes" if (slots.get(slot) or {}).get("autoscaled") else "-"] for slot in SLOTS])]
     if status.get("checks"):
         lines += ["", table(["CHECK", "REVISION", "VERDICT", "VALUE", "FAILURES", "MESSAGE"], [
             [c.get("name"), c.get("revision"), c.get("verdict"), c.get("lastValue"), c.get("consecutiveFailures", 0),

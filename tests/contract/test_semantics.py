@@ -90,6 +90,54 @@ def test_server_side_apply_conflicts_with_another_manager_unless_forced(backend:
     assert forced.body['spec']['replicas'] == 1
 
 
+def replicas_owners(body: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """(manager, operation, subresource) of each managedFields entry that owns spec.replicas."""
+    return {(e['manager'], e['operation'], e.get('subresource', '')) for e in body['metadata']['managedFields']
+            if 'f:replicas' in (e.get('fieldsV1') or {}).get('f:spec', {})}
+
+
+def without_replicas(body: dict[str, Any]) -> dict[str, Any]:
+    return dict(body, spec={k: v for k, v in body['spec'].items() if k != 'replicas'})
+
+
+def test_replicas_an_apply_stops_naming_are_reset_to_the_default_unless_another_manager_owns_them(
+        backend: Backend, namespace: str) -> None:
+    """The trap of handing replicas to an autoscaler (Kubernetes' "Transferring ownership"): an apply
+    that owned spec.replicas alone and stops naming them removes them, and the default comes back."""
+    path = deployments(namespace, 'slot')
+    assert apply(backend, path, deployment('slot', replicas=3)).status == 201
+    reset = apply(backend, path, without_replicas(deployment('slot'))).ok()
+    assert reset.body['spec']['replicas'] == 1
+
+    # The hand-over: another manager applies replicas alone, at the count they have, before.
+    assert apply(backend, path, deployment('slot', replicas=3)).ok().body['spec']['replicas'] == 3
+    handover = {'apiVersion': 'apps/v1', 'kind': 'Deployment', 'metadata': {'name': 'slot'}, 'spec': {'replicas': 3}}
+    shared = apply(backend, path, handover, manager='slotkeeper-handover', force=False).ok()  # same value: no conflict
+    assert replicas_owners(shared.body) == {('slotkeeper', 'Apply', ''), ('slotkeeper-handover', 'Apply', '')}
+    kept = apply(backend, path, without_replicas(deployment('slot'))).ok()
+    assert kept.body['spec']['replicas'] == 3
+    assert replicas_owners(kept.body) == {('slotkeeper-handover', 'Apply', '')}
+
+
+def test_a_scale_subresource_write_takes_replicas_from_the_apply(backend: Backend, namespace: str) -> None:
+    """What an autoscaler's write does to the field: it owns spec.replicas now, so an apply without
+    them keeps its count, and a merge patch by another manager takes them in turn."""
+    path = deployments(namespace, 'slot')
+    assert apply(backend, path, deployment('slot', replicas=2)).status == 201
+    scale = backend.request('GET', path + '/scale').ok().body
+    scale['spec']['replicas'] = 5
+    scaled = backend.request('PUT', path + '/scale', scale, 'application/json',
+                             params={'fieldManager': 'kube-controller-manager'}).ok()
+    assert scaled.body['kind'] == 'Scale' and scaled.body['spec']['replicas'] == 5
+    kept = apply(backend, path, without_replicas(deployment('slot'))).ok()
+    assert kept.body['spec']['replicas'] == 5
+    assert replicas_owners(kept.body) == {('kube-controller-manager', 'Update', 'scale')}
+    same = backend.request('PATCH', path, {'spec': {'replicas': 5}}, MERGE, params={'fieldManager': 'slotkeeper'}).ok()
+    assert replicas_owners(same.body) == {('kube-controller-manager', 'Update', 'scale')}  # no change, no claim
+    moved = backend.request('PATCH', path, {'spec': {'replicas': 0}}, MERGE, params={'fieldManager': 'slotkeeper'}).ok()
+    assert replicas_owners(moved.body) == {('slotkeeper', 'Update', '')}
+
+
 def test_service_account_name_cannot_be_dropped_by_a_merge_patch_or_an_apply(backend: Backend, namespace: str) -> None:
     path = deployments(namespace, 'slot')
     assert apply(backend, path, deployment('slot', service_account='runner')).status == 201

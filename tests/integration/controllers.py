@@ -3,8 +3,11 @@ sees their work as watch events, as it would on a cluster).
 
 :class:`DeploymentController` plays the Deployment + ReplicaSet controllers and the kubelet for the
 Deployments slotkeeper owns: each gets exactly ``spec.replicas`` ready Pods with its template's labels
-(pods of an older template are replaced), and a status that says so. :func:`selected_shares` is what
-kube-proxy would route by: the ready Pods the endpoint Service's selector picks, per slot.
+(pods of an older template are replaced), and a status that says so.
+:class:`AutoscalerController` plays kube-controller-manager's HorizontalPodAutoscaler controller: it
+changes a Deployment's replicas behind the operator's back, through the ``scale`` subresource, as the
+real one does. :func:`selected_shares` is what kube-proxy would route by: the ready Pods the endpoint
+Service's selector picks, per slot.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
-from kmock_cluster import DEPLOYMENTS, PODS, SERVICES, Kube, match_selector
+from kmock_cluster import DEPLOYMENTS, HPAS, PODS, SERVICES, Kube, KubeAPIError, match_selector
 
 SLOT = "slotkeeper.io/slot"
 MANAGED = {"app.kubernetes.io/managed-by": "slotkeeper"}
@@ -58,6 +61,73 @@ class DeploymentController:
 async def deployment_controller(k8s: Kube, namespace: str = "default") -> AsyncIterator[DeploymentController]:
     controller = DeploymentController(k8s, namespace)
     task = asyncio.create_task(controller.run(), name="fake-deployment-controller")
+    try:
+        yield controller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class AutoscalerController:
+    """The HorizontalPodAutoscaler controller for the autoscaling/v2 HPAs of a namespace.
+
+    What the metrics call for is what a test says: ``load("credit-blue", 5)``. Each sync, per HPA, it
+    reads the target's replicas and, as the real controller (``reconcileAutoscaler``) decides: leaves
+    a target at 0 alone ("scaling is disabled since the replica count of the target is zero"), brings
+    one above maxReplicas or below minReplicas into the bounds at once, else moves it to the load's
+    count within the bounds (no load: it stays). It writes through the ``scale`` subresource (a PUT
+    as ``kube-controller-manager``, who then owns spec.replicas) and keeps the HPA's status
+    (currentReplicas, desiredReplicas) up to date. ``writes`` counts its scale writes.
+    """
+
+    def __init__(self, k8s: Kube, namespace: str = "default", period: float = 0.02) -> None:
+        self.k8s, self.namespace, self.period = k8s, namespace, period
+        self.loads: dict[str, int] = {}
+        self.writes = 0
+
+    def load(self, deployment: str, replicas: int) -> None:
+        self.loads[deployment] = replicas
+
+    async def sync_once(self) -> None:
+        for hpa in self.k8s.objects(HPAS, namespace=self.namespace):
+            spec = hpa["spec"]
+            target = spec["scaleTargetRef"]["name"]
+            deployment = self.k8s.peek(DEPLOYMENTS, target, namespace=self.namespace)
+            if deployment is None or hpa["metadata"].get("deletionTimestamp"):
+                continue
+            current = int(deployment["spec"].get("replicas", 1))
+            low, high = int(spec.get("minReplicas") or 1), int(spec["maxReplicas"])
+            if current == 0:
+                desired = 0
+            elif current > high:
+                desired = high
+            elif current < low:
+                desired = low
+            else:
+                desired = min(max(self.loads.get(target, current), low), high)
+            status = {"currentReplicas": current, "desiredReplicas": desired}
+            try:
+                if desired != current:
+                    await self.k8s.scale(target, desired, namespace=self.namespace)
+                    self.writes += 1
+                if {k: (hpa.get("status") or {}).get(k) for k in status} != status:
+                    await self.k8s.patch(HPAS, hpa["metadata"]["name"], {"status": status},
+                                         namespace=self.namespace, subresource="status")
+            except KubeAPIError as error:
+                if error.status not in (404, 409):  # gone, or changed meanwhile: the next sync looks again
+                    raise
+
+    async def run(self) -> None:
+        while True:
+            await self.sync_once()
+            await asyncio.sleep(self.period)
+
+
+@contextlib.asynccontextmanager
+async def autoscaler_controller(k8s: Kube, namespace: str = "default") -> AsyncIterator[AutoscalerController]:
+    controller = AutoscalerController(k8s, namespace)
+    task = asyncio.create_task(controller.run(), name="fake-autoscaler-controller")
     try:
         yield controller
     finally:

@@ -84,6 +84,8 @@ EVENTS = kmock.resource('v1/events')
 EVENTS_K8S = kmock.resource('events.k8s.io/v1/events')
 NAMESPACES = kmock.resource('v1/namespaces')
 CRDS = kmock.resource('apiextensions.k8s.io/v1/customresourcedefinitions')
+HPAS = kmock.resource('autoscaling/v2/horizontalpodautoscalers')
+PDBS = kmock.resource('policy/v1/poddisruptionbudgets')
 
 ALL_VERBS = {'create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'}
 
@@ -2185,7 +2187,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
       ...; anything else -> 400 with the apiserver's message, record 42) on list & watch. A watched
       object that starts/stops matching the selector arrives as ADDED/DELETED (as from the
       apiserver's watch cache).
-    * ``/scale`` of Deployments (GET, PATCH, PUT; record 21).
+    * ``/scale`` of Deployments (GET, PATCH, PUT; record 21). A write there records its manager with
+      ``subresource: scale`` owning ``spec.replicas``, as an autoscaler's write does (``Kube.scale``
+      plays the HPA controller's; ``tests/contract`` pins what that does to a later apply).
+    * :meth:`changes`: every stored change of a resource, in resourceVersion order across resources,
+      for tests that must know what an object looked like at the moment another one changed.
+
+    HorizontalPodAutoscalers (autoscaling/v2) and PodDisruptionBudgets (policy/v1) come from the
+    bundled builtins: stored as written, typed as untyped maps (so server-side apply merges their
+    lists atomically, as the real types' ``listType=atomic`` lists are), without the apiserver's
+    defaulting (an HPA's minReplicas, a behavior's policies) or validation of their own.
 
     Not emulated: controllers (Deployments and Pods get no status by themselves:
     ``Kube.set_deployment_status``, ``Kube.create_pod``), admission webhooks, RBAC, pagination,
@@ -2268,6 +2279,18 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     @property
     def resource_version(self) -> int:
         return self._last_rv
+
+    def changes(self, resource: str | kmock.resource, name: str | None = None,
+                namespace: str | None = None) -> list[tuple[int, str, dict[str, Any]]]:
+        """Every stored change of ``resource`` so far, oldest first, as the watch events that
+        announced it: (resourceVersion, ADDED|MODIFIED|DELETED, object), optionally of one object.
+        resourceVersions count all writes of the emulator, so changes of different resources order."""
+        found = []
+        for rv, event, _ in self._event_log[_res(resource)]:
+            meta = event['object'].get('metadata') or {}
+            if (name is None or meta.get('name') == name) and (namespace is None or meta.get('namespace') == namespace):
+                found.append((rv, event['type'], _json_copy(event['object'])))
+        return found
 
     def install_crd(self, crd: Mapping[str, Any]) -> None:
         """Install a CRD as if it had been created through the API (no watch client sees it yet).
@@ -3556,6 +3579,16 @@ class Kube:
         url = url_for(resource, ns, body['metadata']['name'], subresource)
         url += f"?fieldManager={manager}" + ('&force=true' if force else '')
         return await self.request('PATCH', url, dict(body), content_type=APPLY_PATCH)
+
+    async def scale(self, name: str, replicas: int, *, manager: str = 'kube-controller-manager',
+                    namespace: str | None = None) -> dict[str, Any]:
+        """Set a Deployment's replicas through its ``scale`` subresource as an autoscaler does: read the
+        Scale, PUT it back changed (a stale resourceVersion is a 409), as ``manager`` (the HPA
+        controller's), which then owns spec.replicas in the Deployment's managedFields."""
+        url = url_for(DEPLOYMENTS, self._ns(DEPLOYMENTS, namespace), name, 'scale')
+        scale = await self.request('GET', url)
+        scale['spec']['replicas'] = replicas
+        return await self.request('PUT', f'{url}?fieldManager={manager}', scale, content_type='application/json')
 
     async def create_namespace(self, name: str) -> dict[str, Any]:
         return await self.request('POST', url_for(NAMESPACES), {'metadata': {'name': name}})

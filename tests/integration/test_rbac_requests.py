@@ -1,6 +1,6 @@
 """Every request the operator makes is one the install's RBAC allows: the ClusterRole (and the
 namespaced overlay's Role) are checked against what the operator really sent during a rollout, a
-canary, a revert and a deletion, not against a hand-kept list. A real cluster answers 403 to the
+canary, a revert, an autoscaled rollout and a deletion, not against a hand-kept list. A real cluster answers 403 to the
 rest (the operator runs as its own ServiceAccount there)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import kopf
 import pytest
 import yaml
 
-from controllers import deployment_controller
-from kmock_cluster import MODELENDPOINTS, eventually
+from controllers import autoscaler_controller, deployment_controller
+from kmock_cluster import HPAS, MODELENDPOINTS, eventually
 from test_canary import CANARY, promote
-from test_operator import NEW_MODEL, status
+from test_operator import FAST_CHECKS, NEW_MODEL, status
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf's own client, the official client
@@ -75,4 +75,37 @@ async def test_every_request_of_a_canary_rollout_and_revert_is_allowed_by_the_rb
     made = operator_requests(kmock)
     assert {("apps", "deployments", "patch"), ("", "services", "patch"),
             ("slotkeeper.io", "modelendpoints/status", "patch")} <= made  # the test saw the writes
+    assert made - grants(role) == set(), f"{role.name} does not allow: {sorted(made - grants(role))}"
+
+
+AUTOSCALED = {**CANARY, "strategy": {"blueGreen": {"scaleDownDelaySeconds": 0}}, "checks": FAST_CHECKS,
+              "serving": {"autoscaling": {"minReplicas": 2, "maxReplicas": 4, "metrics": [
+                  {"type": "Resource", "resource": {"name": "cpu", "target": {
+                      "type": "Utilization", "averageUtilization": 70}}}]}}}
+
+
+async def start(scope, run_operator, operator_registry, operator_settings):
+    if scope == "cluster-wide":
+        await run_operator(operator_registry, settings=operator_settings, clusterwide=True)
+        return MANIFESTS / "rbac" / "cluster_role.yaml"
+    await run_operator(operator_registry, settings=operator_settings, namespaces=("default",),
+                       memo=kopf.Memo(namespaced=True))
+    return MANIFESTS / "overlays" / "namespaced" / "role.yaml"
+
+
+@pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
+async def test_every_request_of_an_autoscaled_rollout_is_allowed_by_the_rbac(
+        run_operator, operator_registry, operator_settings, k8s, kmock, scope):
+    role = await start(scope, run_operator, operator_registry, operator_settings)
+    async with deployment_controller(k8s), autoscaler_controller(k8s):
+        await k8s.create_endpoint("credit", AUTOSCALED, namespace="default")
+        await eventually(lambda: status(k8s).get("phase") == "Healthy", timeout=10)
+        await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
+        # promoted, and the old slot's autoscaler deleted before it scaled to 0
+        await eventually(lambda: status(k8s).get("activeSlot") == "green" and
+                         k8s.peek(HPAS, "credit-blue", namespace="default") is None, timeout=10)
+
+    made = operator_requests(kmock)
+    assert {("autoscaling", "horizontalpodautoscalers", "patch"), ("autoscaling", "horizontalpodautoscalers", "delete"),
+            ("policy", "poddisruptionbudgets", "patch")} <= made  # the test saw the writes
     assert made - grants(role) == set(), f"{role.name} does not allow: {sorted(made - grants(role))}"

@@ -1,10 +1,11 @@
-"""The operator's watches of Deployments, Pods and Services carry a server-side label selector, so
+"""The operator's watches of Deployments, Pods, Services, HorizontalPodAutoscalers and
+PodDisruptionBudgets carry a server-side label selector, so
 the apiserver sends only slotkeeper's objects: memory and CPU follow the endpoints, not the cluster.
 (kopf's ``labels=`` filters on handlers run client-side and send nothing.)"""
 
 from __future__ import annotations
 
-from kmock_cluster import DEPLOYMENTS, MODELENDPOINTS, PODS, SERVICES
+from kmock_cluster import DEPLOYMENTS, HPAS, MODELENDPOINTS, PDBS, PODS, SERVICES
 from slotkeeper.handlers import OWNED_SELECTOR
 from test_operator import healthy_endpoint
 
@@ -15,7 +16,7 @@ def reads(kmock, resource):
 
 async def test_owned_resources_are_listed_and_watched_with_the_label_selector(operator, k8s, kmock):
     await healthy_endpoint(k8s)
-    for resource in (DEPLOYMENTS, PODS, SERVICES):
+    for resource in (DEPLOYMENTS, PODS, SERVICES, HPAS, PDBS):
         found = reads(kmock, resource)
         assert found, f"no list/watch of {resource.plural}"
         assert {r.params.get("labelSelector") for r in found} == {OWNED_SELECTOR}, resource.plural

@@ -33,10 +33,16 @@ def endpoint(spec: dict[str, Any]) -> dict[str, Any]:
             "metadata": {"name": "credit", "namespace": "ml"}, "spec": spec}
 
 
+CPU = {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+MEMORY = {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "1Gi"}}}
+REQUEST_RATE = {"type": "Pods", "pods": {"metric": {"name": "slotkeeper_requests_per_second"},
+                                         "target": {"type": "AverageValue", "averageValue": 50}}}
+
 # An endpoint that reaches every node carrying a rule (but the canary steps: see CANARY).
 BASE: dict[str, Any] = {
     "model": {"name": "credit", "uri": "file:///models/credit/7/model.joblib"},
-    "serving": {"env": [{"name": "LOG_LEVEL", "value": "info"}]},
+    "serving": {"env": [{"name": "LOG_LEVEL", "value": "info"}],
+                "autoscaling": {"minReplicas": 2, "maxReplicas": 10, "metrics": [CPU, REQUEST_RATE]}},
     "strategy": {"blueGreen": {}},
     "checks": {
         "validation": [{"name": "smoke", "request": {"inputs": []},
@@ -72,6 +78,14 @@ def without(check: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 
 PVC_MESSAGE = "a pvc:// uri names a claim and a path in it: pvc://<claim>/<path>"
+
+
+def autoscaling(**fields: Any) -> dict[str, Any]:
+    return at("serving.autoscaling", {"maxReplicas": 10, "metrics": [CPU], **fields})
+
+
+def cpu_target(**target: Any) -> dict[str, Any]:
+    return autoscaling(metrics=[{"type": "Resource", "resource": {"name": "cpu", "target": target}}])
 
 # (where the rule sits, its message) -> (specs it accepts, specs it refuses). Every spec passes the
 # OpenAPI part of the schema, so a refusal is the rule's own.
@@ -125,6 +139,26 @@ EXAMPLES: dict[tuple[str, str], tuple[list[dict[str, Any]], list[dict[str, Any]]
     ("spec.checks.metrics[*]", "a metric check sets min, max or both"): (
         [metric(**PODS), metric(**{**PODS, "min": 0.0}), metric(**without({**PODS, "min": 1}, "max"))],
         [metric(**without(PODS, "max")), metric(**without(WEB, "min"))],
+    ),
+    ("spec.serving.autoscaling", "minReplicas must not exceed maxReplicas"): (
+        [autoscaling(minReplicas=2, maxReplicas=10), autoscaling(minReplicas=3, maxReplicas=3),
+         autoscaling(maxReplicas=1), autoscaling(maxReplicas=5)],  # minReplicas defaults to 1
+        [autoscaling(minReplicas=5, maxReplicas=4), autoscaling(minReplicas=2, maxReplicas=1)],
+    ),
+    ("spec.serving.autoscaling.metrics[*]", "a Resource metric sets resource, a Pods metric sets pods"): (
+        [autoscaling(metrics=[CPU]), autoscaling(metrics=[REQUEST_RATE]), autoscaling(metrics=[CPU, MEMORY, REQUEST_RATE])],
+        [autoscaling(metrics=[{"type": "Resource", "pods": REQUEST_RATE["pods"]}]),
+         autoscaling(metrics=[{"type": "Pods", "resource": CPU["resource"]}]),
+         autoscaling(metrics=[{"type": "Resource"}]), autoscaling(metrics=[{"type": "Pods"}]),
+         autoscaling(metrics=[CPU, {**CPU, "pods": REQUEST_RATE["pods"]}])],
+    ),
+    ("spec.serving.autoscaling.metrics[*].resource.target",
+     "a Utilization target sets averageUtilization, an AverageValue target sets averageValue"): (
+        [cpu_target(type="Utilization", averageUtilization=80), cpu_target(type="AverageValue", averageValue="500m"),
+         cpu_target(type="AverageValue", averageValue=2), autoscaling(metrics=[MEMORY])],
+        [cpu_target(type="Utilization"), cpu_target(type="AverageValue"),
+         cpu_target(type="Utilization", averageValue="500m"), cpu_target(type="AverageValue", averageUtilization=80),
+         cpu_target(type="Utilization", averageUtilization=80, averageValue="1")],
     ),
     ("spec.checks.metrics[*]", "min must not exceed max"): (
         [metric(**{**PODS, "min": 0, "max": 1}), metric(**{**PODS, "min": 1, "max": 1.0}),

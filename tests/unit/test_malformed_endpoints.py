@@ -24,6 +24,8 @@ GOOD: dict[str, Any] = {
                "metrics": [{"name": "errors", "source": "pods", "metric": "error_ratio", "max": 0.05}]},
 }
 HUGE = "x" * 5000
+AUTOSCALING = {"minReplicas": 2, "maxReplicas": 10, "metrics": [
+    {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]}
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:
@@ -130,6 +132,33 @@ MALFORMED = {
     "too many resources": (mutate("serving.resources", {"requests": {f"example.com/r{i}": 1 for i in range(17)}}),
                            "spec.serving.resources.requests"),
     "resources is a string": (mutate("serving.resources", "500m"), "spec.serving.resources"),
+    # autoscaling and disruption budgets
+    "min replicas above max": (mutate("serving.autoscaling", {**AUTOSCALING, "minReplicas": 5, "maxReplicas": 3}),
+                               "spec.serving.autoscaling"),
+    "autoscaling without targets": (mutate("serving.autoscaling", {**AUTOSCALING, "metrics": []}),
+                                    "spec.serving.autoscaling.metrics"),
+    "autoscaling without max": (mutate("serving.autoscaling", {"metrics": AUTOSCALING["metrics"]}),
+                                "spec.serving.autoscaling"),
+    "zero min replicas": (mutate("serving.autoscaling", {**AUTOSCALING, "minReplicas": 0}),
+                          "spec.serving.autoscaling.minReplicas"),
+    "a Pods metric naming a resource": (mutate("serving.autoscaling", {**AUTOSCALING, "metrics": [
+        {"type": "Pods", "resource": AUTOSCALING["metrics"][0]["resource"]}]}), "spec.serving.autoscaling.metrics"),
+    "utilization without a percent": (mutate("serving.autoscaling", {**AUTOSCALING, "metrics": [
+        {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization"}}}]}),
+        "spec.serving.autoscaling.metrics"),
+    "autoscaling on gpus": (mutate("serving.autoscaling", {**AUTOSCALING, "metrics": [
+        {"type": "Resource", "resource": {"name": "nvidia.com/gpu", "target": {
+            "type": "Utilization", "averageUtilization": 50}}}]}), "spec.serving.autoscaling.metrics"),
+    "bad scaling policy": (mutate("serving.autoscaling", {**AUTOSCALING, "behavior": {"scaleUp": {"policies": [
+        {"type": "Replicas", "value": 1, "periodSeconds": 15}]}}}), "spec.serving.autoscaling.behavior"),
+    "zero max unavailable": (mutate("serving.disruptionBudget", {"maxUnavailable": 0}),
+                             "spec.serving.disruptionBudget.maxUnavailable"),
+    "max unavailable 0%": (mutate("serving.disruptionBudget", {"maxUnavailable": "0%"}),
+                           "spec.serving.disruptionBudget.maxUnavailable"),
+    "max unavailable 150%": (mutate("serving.disruptionBudget", {"maxUnavailable": "150%"}),
+                             "spec.serving.disruptionBudget.maxUnavailable"),
+    "max unavailable in words": (mutate("serving.disruptionBudget", {"maxUnavailable": "one"}),
+                                 "spec.serving.disruptionBudget.maxUnavailable"),
 }
 
 # Quantities the CRD and the operator accept, rendered into the Deployment as written.

@@ -36,6 +36,8 @@ ALLOWED = {
     ("slotkeeper.io", "modelendpoints/finalizers"): {"update"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create"},
     ("events.k8s.io", "events"): {"create"},
@@ -335,6 +337,8 @@ def test_examples_cover_each_strategy_and_check_source():
     assert any(s.strategy.canary and any(m.source == "pods" for m in s.checks.metrics) for s in specs)
     assert any(m.source == "prometheus" for s in specs for m in s.checks.metrics)
     assert any(s.model.format == "score-py" for s in specs)
+    assert any(s.serving.autoscaling and {m.type for m in s.serving.autoscaling.metrics} == {"Resource", "Pods"}
+               and s.serving.disruption_budget for s in specs)
 
 
 @pytest.mark.parametrize(("where", "endpoint"), examples(), ids=[where for where, _ in examples()])

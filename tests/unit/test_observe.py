@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from slotkeeper.actions import SwitchTraffic
-from slotkeeper.observe import (DeploymentSummary, PodSummary, SlotObservation, observe_endpoint,
-                                summarise_deployment, summarise_pod)
+from slotkeeper.observe import (AutoscalerSummary, DeploymentSummary, PodSummary, SlotObservation, observe_endpoint,
+                                summarise_autoscaler, summarise_deployment, summarise_pod)
 from slotkeeper.render import LABEL_REVISION, LABEL_SLOT
 
 from .world import World
@@ -229,3 +229,37 @@ def test_observe_endpoint_groups_pods_by_slot():
     assert observed.slot("nope").deployment is None
     assert observed.endpoint_selector == {"a": "b"}
     assert observed.slot_services == frozenset({"blue"})
+
+
+# ---------------------------------------------------------------- replicas ownership, autoscalers
+
+
+def managed(*entries: tuple[str, str, dict[str, Any], str]) -> list[dict[str, Any]]:
+    return [{"manager": manager, "operation": operation, "fieldsV1": fields, **({"subresource": sub} if sub else {})}
+            for manager, operation, fields, sub in entries]
+
+
+REPLICAS = {"f:spec": {"f:replicas": {}, "f:template": {}}}
+TEMPLATE = {"f:spec": {"f:template": {}}}
+
+
+@pytest.mark.parametrize(("entries", "applied"), [
+    (managed(("slotkeeper", "Apply", REPLICAS, "")), True),  # an apply that named replicas: hand them over first
+    (managed(("slotkeeper", "Apply", TEMPLATE, ""), ("slotkeeper", "Update", REPLICAS, "")), False),  # a merge patch's
+    (managed(("slotkeeper", "Apply", TEMPLATE, ""), ("kube-controller-manager", "Update", REPLICAS, "scale")), False),
+    (managed(("slotkeeper-handover", "Apply", REPLICAS, ""), ("slotkeeper", "Apply", TEMPLATE, "")), False),
+    ([], False),
+])
+def test_whether_slotkeepers_apply_owns_the_replicas_comes_from_managed_fields(entries, applied):
+    body = deployment()
+    body["metadata"]["managedFields"] = entries
+    assert summarise_deployment(body).replicas_applied is applied
+
+
+def test_an_autoscaler_summary_says_what_was_applied_and_what_it_does():
+    body = {"metadata": {"labels": {LABEL_SLOT: "blue"}, "annotations": {"slotkeeper.io/config": "abc"}},
+            "spec": {"minReplicas": 2, "maxReplicas": 9}, "status": {"currentReplicas": 4, "desiredReplicas": 5}}
+    assert summarise_autoscaler(body) == AutoscalerSummary(slot="blue", config="abc", min_replicas=2, max_replicas=9,
+                                                           current_replicas=4, desired_replicas=5)
+    observed = observe_endpoint([], [], None, [], autoscalers=[summarise_autoscaler(body)])
+    assert observed.slot("blue").autoscaler.config == "abc" and observed.slot("blue").deployment is None

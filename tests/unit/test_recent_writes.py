@@ -4,13 +4,14 @@ change by someone else), and they must expire (a write the watch never shows is 
 
 from __future__ import annotations
 
-from slotkeeper.actions import ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
+from slotkeeper.actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
+                                DeleteAutoscaler, EmitEvent, ScaleDeployment, SwitchTraffic)
 from slotkeeper.decide import Decision, decide_next_step
 from slotkeeper.observe import DeploymentSummary, Observed, PodSummary, SlotObservation
 from slotkeeper.recent_writes import EXPIRY_SECONDS, RecentWrites
 from slotkeeper.render import LABEL_SLOT
 
-from .world import World
+from .world import World, make_spec
 
 NEW_URI = "file:///models/credit/2/model.joblib"
 
@@ -139,10 +140,11 @@ def test_a_deployment_and_services_just_created_are_not_created_again():
     assert overlaid.endpoint_selector == {"slotkeeper.io/endpoint": "credit", LABEL_SLOT: "none"}
 
     clock.now += EXPIRY_SECONDS + 1  # the watch never showed them: forget them and create again
-    third = lagging_pass(world, writes, deliver=(ApplyDeployment, CreateService))
+    third = lagging_pass(world, writes, deliver=(ApplyDeployment, ScaleDeployment, CreateService, ApplyDisruptionBudget))
     assert [a.slot for a in third.actions if isinstance(a, ApplyDeployment)] == ["blue"]
     assert writes.overlay(world.observed()) == world.observed()  # delivered now: nothing left to lay over
     assert writes.deployments == {} and writes.services == {} and writes.selector is None
+    assert writes.disruption_budgets == {}
 
 
 def test_a_scale_just_written_is_seen_with_the_pods_already_observed():
@@ -246,3 +248,43 @@ def test_slot_services_of_an_endpoint_with_dashes_in_its_name_are_remembered_by_
     body = {"metadata": {"name": "fraud-model-v2-green"}, "spec": {"selector": {}}}
     writes.remember("fraud-model-v2", CreateService(body), empty)
     assert writes.overlay(empty).slot_services == frozenset({"green"})
+
+
+# --------------------------------------------------------------------------- autoscalers, budgets
+
+
+def autoscaled_world() -> World:
+    cpu = {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+    world = World(spec=make_spec(serving={"replicas": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 5,
+                                                                         "metrics": [cpu]}}))
+    world.settle()
+    return world
+
+
+def test_an_autoscaler_just_applied_or_deleted_is_not_written_again_before_the_watch_shows_it():
+    world, clock = autoscaled_world(), FakeClock()
+    writes = RecentWrites(clock=clock)
+    world.change_spec(uri=NEW_URI, serving=world.spec.serving.to_api())
+    world.step()
+    world.make_ready("green")
+    lagging_pass(world, writes)  # the switch is decided (in status first)
+    switch = lagging_pass(world, writes, deliver=(SwitchTraffic,))  # made; green's autoscaler written, not seen
+    assert "green" in writes.autoscalers
+    clock.now += 1
+    again = lagging_pass(world, writes)
+    assert not [a for a in again.actions if isinstance(a, ApplyAutoscaler)]
+    assert writes.overlay(world.observed()).slot("green").autoscaler is not None
+    for action in switch.actions:  # the watch shows them now
+        if isinstance(action, ApplyAutoscaler):
+            world.apply(action)
+    lagging_pass(world, writes)
+    assert writes.autoscalers == {}  # shown by the watch: nothing left to lay over
+
+    world.change_spec(uri=NEW_URI, serving={"replicas": 2})  # autoscaling off: the autoscalers go
+    first = lagging_pass(world, writes)
+    assert {a.slot for a in first.actions if isinstance(a, DeleteAutoscaler)} == {"blue", "green"}
+    clock.now += 1
+    assert not [a for a in lagging_pass(world, writes).actions if isinstance(a, DeleteAutoscaler)]
+    assert writes.overlay(world.observed()).slot("green").autoscaler is None
+    clock.now += EXPIRY_SECONDS + 1  # never shown: the deletes are made again
+    assert {a.slot for a in lagging_pass(world, writes).actions if isinstance(a, DeleteAutoscaler)} == {"blue", "green"}

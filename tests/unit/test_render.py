@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from slotkeeper.render import (LABEL_ENDPOINT, LABEL_REVISION, LABEL_SLOT, NO_SLOT, render_endpoint_service,
-                               render_slot_deployment, render_slot_service, slot_selector)
+from slotkeeper.render import (ANNOTATION_CONFIG, LABEL_ENDPOINT, LABEL_REVISION, LABEL_SLOT, NO_SLOT, config_hash,
+                               render_endpoint_service, render_slot_autoscaler, render_slot_deployment,
+                               render_slot_disruption_budget, render_slot_service, slot_selector)
 from slotkeeper.revision import revision_of
 
 from .world import make_spec
@@ -13,7 +14,7 @@ OWNER = {"metadata": {"name": "credit", "namespace": "ml", "uid": "uid-1"}}
 
 def deployment(spec=None, slot="green"):
     spec = spec or make_spec()
-    return render_slot_deployment(OWNER, spec, slot, revision_of(spec), replicas=3)
+    return render_slot_deployment(OWNER, spec, slot, revision_of(spec))
 
 
 def test_every_object_is_owned_by_the_endpoint():
@@ -29,7 +30,8 @@ def test_deployment_is_named_and_labelled_by_slot_and_revision():
     spec = make_spec()
     body = deployment(spec)
     assert body["metadata"]["name"] == "credit-green"
-    assert body["spec"]["replicas"] == 3
+    # Never applied: an apply owns what it names, and dropping replicas later would reset them to 1.
+    assert "replicas" not in body["spec"]
     # The selector is immutable: slot only, never the revision.
     assert body["spec"]["selector"]["matchLabels"] == {LABEL_ENDPOINT: "credit", LABEL_SLOT: "green"}
     pod_labels = body["spec"]["template"]["metadata"]["labels"]
@@ -115,3 +117,36 @@ def test_typed_resources_keep_every_revision_as_it_was():
     assert revision_of(make_spec()) == "9c802ca3f2"
     assert revision_of(make_spec(serving={"replicas": 2, "resources": {}})) == "9c802ca3f2"
     assert revision_of(make_spec(serving={"replicas": 2, "resources": RESOURCES})) == "a37e295d82"
+
+
+# ------------------------------------------------------------------ autoscalers, disruption budgets
+
+CPU = {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+AUTOSCALED = make_spec(serving={"replicas": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 8, "metrics": [CPU]},
+                                "disruptionBudget": {"maxUnavailable": "25%"}})
+
+
+def test_autoscaling_leaves_the_pod_template_as_it_is_restricted_included():
+    plain = make_spec(serving={"replicas": 2})
+    assert deployment(AUTOSCALED) == deployment(plain)
+
+
+def test_an_autoscaler_targets_its_slot_with_the_bounds_asked_and_the_users_targets():
+    body = render_slot_autoscaler(OWNER, AUTOSCALED, "green", 3, 8)
+    assert (body["apiVersion"], body["kind"], body["metadata"]["name"]) == (
+        "autoscaling/v2", "HorizontalPodAutoscaler", "credit-green")
+    assert body["spec"] == {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "credit-green"},
+                            "minReplicas": 3, "maxReplicas": 8, "metrics": [CPU]}
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert body["metadata"]["annotations"][ANNOTATION_CONFIG] == config_hash(body["spec"])
+    assert render_slot_autoscaler(OWNER, AUTOSCALED, "green", 2, 8)["metadata"]["annotations"] != \
+        body["metadata"]["annotations"]  # a new floor is a new config
+
+
+def test_a_disruption_budget_covers_its_slots_pods():
+    body = render_slot_disruption_budget(OWNER, AUTOSCALED, "blue")
+    assert (body["apiVersion"], body["kind"], body["metadata"]["name"]) == ("policy/v1", "PodDisruptionBudget",
+                                                                            "credit-blue")
+    assert body["spec"] == {"maxUnavailable": "25%", "selector": {"matchLabels": {LABEL_ENDPOINT: "credit",
+                                                                                   LABEL_SLOT: "blue"}}}
+    assert render_slot_disruption_budget(OWNER, make_spec(), "blue")["spec"]["maxUnavailable"] == 1

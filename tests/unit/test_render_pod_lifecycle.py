@@ -14,7 +14,7 @@ OWNER = {"metadata": {"name": "credit", "namespace": "ml", "uid": "uid-1"}}
 
 def pod_spec(**serving):
     spec = make_spec(serving={"replicas": 2, **serving})
-    return render_slot_deployment(OWNER, spec, "blue", revision_of(spec), replicas=2)["spec"]["template"]["spec"]
+    return render_slot_deployment(OWNER, spec, "blue", revision_of(spec))["spec"]["template"]["spec"]
 
 
 def env(pod: dict) -> dict[str, str]:

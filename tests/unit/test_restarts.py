@@ -15,6 +15,10 @@ from .world import World, make_spec
 
 NEW_URI = "file:///models/credit/2/model.joblib"
 BAD_URI = "file:///models/credit/3/model.joblib"
+CPU = {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+# The same scenario with replicas set by the operator, and with each serving slot autoscaled.
+SERVINGS = {"replicas": {"replicas": 2},
+            "autoscaled": {"replicas": 2, "autoscaling": {"minReplicas": 2, "maxReplicas": 6, "metrics": [CPU]}}}
 
 
 def scenario(world: World, crash_at: tuple[int, int] | None, crash_bad: bool = False) -> World:
@@ -44,14 +48,17 @@ def scenario(world: World, crash_at: tuple[int, int] | None, crash_bad: bool = F
                 return
         raise AssertionError("did not settle")
 
+    serving = world.spec.serving.to_api()
     settle()
-    world.change_spec(uri=NEW_URI)
+    if world.spec.serving.autoscaling is not None:
+        world.hpa_scales("blue", 3)  # more load: the candidates start at 3
+    world.change_spec(uri=NEW_URI, serving=serving)
     settle()
     world.advance(120)
     settle()
     world.advance(60)
     settle()
-    world.change_spec(uri=BAD_URI)
+    world.change_spec(uri=BAD_URI, serving=serving)
     bad = revision_of(world.spec)
     for _ in range(5):  # the pods of the bad revision crash as soon as its Deployment exists
         step()
@@ -70,13 +77,14 @@ def outcome(world: World):
     status = world.status.model_copy(update={"conditions": conditions})
     return (status, world.selected_slot(),
             {slot: (d["spec"]["replicas"], d["spec"]["template"]["metadata"]["labels"]) for slot, d in
-             world.deployments.items()})
+             world.deployments.items()},
+            {slot: world.hpa_bounds(slot) for slot in world.autoscalers}, world.resets)
 
 
-def count_passes_and_actions() -> list[int]:
+def count_passes_and_actions(serving: str) -> list[int]:
     """How many actions each pass of the uninterrupted scenario takes."""
     sizes: list[int] = []
-    world = World(spec=make_spec())
+    world = World(spec=make_spec(serving=SERVINGS[serving]))
     original = world.single_step
 
     def recording_step(gates=None):
@@ -89,25 +97,36 @@ def count_passes_and_actions() -> list[int]:
     return sizes
 
 
-BASELINE = scenario(World(spec=make_spec()), None)
-CRASH_POINTS = [(index + 1, cut) for index, size in enumerate(count_passes_and_actions()) if size
-                for cut in range(size + 1)]
+BASELINES = {serving: scenario(World(spec=make_spec(serving=SERVINGS[serving])), None) for serving in SERVINGS}
+CRASH_POINTS = [(serving, index + 1, cut) for serving in SERVINGS
+                for index, size in enumerate(count_passes_and_actions(serving)) if size for cut in range(size + 1)]
 
 
-def test_scenario_covers_every_rollout_step():
-    outcomes = [h.outcome for h in BASELINE.status.history]
+@pytest.mark.parametrize("serving", SERVINGS)
+def test_scenario_covers_every_rollout_step(serving):
+    outcomes = [h.outcome for h in BASELINES[serving].status.history]
     assert outcomes == ["Promoted", "Promoted", "RolledBack"]
-    assert len(CRASH_POINTS) > 20
+    assert len([c for c in CRASH_POINTS if c[0] == serving]) > 20
 
 
-@pytest.mark.parametrize("crash_at", CRASH_POINTS, ids=lambda c: f"pass{c[0]}-after{c[1]}")
+def test_the_autoscaled_scenario_ends_autoscaled_at_the_size_its_autoscaler_chose():
+    world = BASELINES["autoscaled"]
+    assert world.status.active_slot == "green" and world.hpa_bounds("green") == (2, 6)
+    assert world.replicas("green") == 3 and "blue" not in world.autoscalers  # blue: the failed revision's pod
+    assert world.resets == []
+
+
+@pytest.mark.parametrize("crash_at", CRASH_POINTS, ids=lambda c: f"{c[0]}-pass{c[1]}-after{c[2]}")
 def test_crash_anywhere_resumes_to_the_same_end(crash_at):
-    world = scenario(World(spec=make_spec()), crash_at)
-    assert outcome(world) == outcome(BASELINE)
-    assert world.switches <= BASELINE.switches  # a resumed pass never switches traffic again
-    assert [h.revision for h in world.status.history] == [h.revision for h in BASELINE.status.history]
+    serving, *point = crash_at
+    baseline = BASELINES[serving]
+    world = scenario(World(spec=make_spec(serving=SERVINGS[serving])), tuple(point))
+    assert outcome(world) == outcome(baseline)
+    assert world.switches <= baseline.switches  # a resumed pass never switches traffic again
+    assert [h.revision for h in world.status.history] == [h.revision for h in baseline.status.history]
 
 
-def test_baseline_switches_traffic_exactly_twice():
+@pytest.mark.parametrize("serving", SERVINGS)
+def test_baseline_switches_traffic_exactly_twice(serving):
     # blue selected once it is ready, then green promoted; the crashing revision never gets traffic
-    assert BASELINE.switches == 2
+    assert BASELINES[serving].switches == 2

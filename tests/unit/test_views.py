@@ -5,7 +5,7 @@ ENDPOINT = {
     "status": {
         "phase": "RolledBack", "url": "http://credit.ml.svc.cluster.local", "activeSlot": "blue",
         "stableRevision": "aaaa", "failedRevision": "bbbb",
-        "slots": {"blue": {"revision": "aaaa", "replicas": 2, "readyReplicas": 2},
+        "slots": {"blue": {"revision": "aaaa", "replicas": 2, "readyReplicas": 2, "autoscaled": True},
                   "green": {"revision": "bbbb", "replicas": 1, "readyReplicas": 0}},
         "traffic": {"blue": 100, "green": 0},
         "checks": [{"name": "errors", "revision": "bbbb", "verdict": "Fail", "lastValue": 0.2,
@@ -22,8 +22,8 @@ def test_status_shows_slots_traffic_checks_conditions_and_events():
                                      "message": "reverted to revision aaaa"}])
     lines = text.splitlines()
     assert lines[0] == "ModelEndpoint ml/credit: RolledBack"
-    assert any(line.split()[:5] == ["blue", "aaaa", "2", "2", "100%"] for line in lines)
-    assert any(line.split()[:5] == ["green", "bbbb", "1", "0", "0%"] for line in lines)
+    assert any(line.split()[:6] == ["blue", "aaaa", "2", "2", "100%", "yes"] for line in lines)
+    assert any(line.split()[:6] == ["green", "bbbb", "1", "0", "0%", "-"] for line in lines)
     assert "error_ratio 0.2 is above max 0.05" in text
     assert "CheckFailed" in text and "reverted to revision aaaa" in text
     assert "failed:    bbbb" in text

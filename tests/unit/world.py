@@ -1,5 +1,6 @@
 """A tiny in-memory cluster for decision tests: it applies actions the way the API would and plays
-the Deployment controller on request (``make_ready``), so a rollout can be stepped through."""
+the Deployment controller on request (``make_ready``) and a HorizontalPodAutoscaler
+(``hpa_scales``), so a rollout can be stepped through."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from slotkeeper.actions import ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
+from slotkeeper.actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
+                                DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from slotkeeper.api import ModelEndpointSpec, ModelEndpointStatus
 from slotkeeper.decide import Decision, Endpoint, Gates, decide_next_step
-from slotkeeper.observe import (PodSummary, observe_endpoint, summarise_deployment)
+from slotkeeper.observe import (PodSummary, observe_endpoint, summarise_autoscaler, summarise_deployment,
+                                summarise_disruption_budget)
 from slotkeeper.render import LABEL_SLOT
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=timezone.utc)
@@ -36,6 +39,12 @@ class World:
     events: list[EmitEvent] = field(default_factory=list)
     switches: int = 0
     annotations: dict[str, str] = field(default_factory=dict)
+    autoscalers: dict[str, dict] = field(default_factory=dict)  # slot -> HorizontalPodAutoscaler
+    disruption_budgets: dict[str, dict] = field(default_factory=dict)  # slot -> PodDisruptionBudget
+    replica_writes: list[tuple[str, int]] = field(default_factory=list)  # (slot, replicas) the operator wrote
+    handovers: list[tuple[str, int]] = field(default_factory=list)
+    resets: list[str] = field(default_factory=list)  # slots whose replicas an apply reset to 1 (the SSA trap)
+    co_owned: set[str] = field(default_factory=set)  # slots whose replicas another manager owns too
 
     def endpoint(self) -> Endpoint:
         return Endpoint(name="credit", namespace="ml", uid="uid-1", generation=self.generation,
@@ -48,6 +57,8 @@ class World:
             pods=self.pods,
             endpoint_selector=endpoint_service["spec"]["selector"] if endpoint_service else None,
             slot_services=[name.rsplit("-", 1)[1] for name in self.services if name != "credit"],
+            autoscalers=[summarise_autoscaler(a) for a in self.autoscalers.values()],
+            disruption_budgets=[summarise_disruption_budget(b) for b in self.disruption_budgets.values()],
         )
 
     def decide(self, gates: Gates = Gates()) -> Decision:
@@ -83,9 +94,33 @@ class World:
             body = copy.deepcopy(action.body)
             old = self.deployments.get(action.slot)
             body["status"] = {} if old is None or _revision(old) != _revision(body) else old.get("status", {})
+            # Server-side apply, as far as spec.replicas goes: the apply owns what it names; a field it owned
+            # and stops naming is removed (the default, 1, comes back) unless another manager owns it too.
+            if "replicas" in body["spec"]:
+                self.replica_writes.append((action.slot, body["spec"]["replicas"]))
+                applied = True
+            elif old is None:
+                body["spec"]["replicas"], applied = 1, False
+            else:
+                body["spec"]["replicas"], applied = old["spec"]["replicas"], False
+                if replicas_applied(old) and action.slot not in self.co_owned:
+                    body["spec"]["replicas"] = 1
+                    self.resets.append(action.slot)
+            set_replicas_applied(body, applied)
             self.deployments[action.slot] = body
         elif isinstance(action, ScaleDeployment):
-            self.deployments[action.slot]["spec"]["replicas"] = action.replicas
+            self.scale(action.slot, action.replicas)
+            self.replica_writes.append((action.slot, action.replicas))
+        elif isinstance(action, HandOverReplicas):
+            assert self.deployments[action.slot]["spec"]["replicas"] == action.replicas, "a handover never scales"
+            self.handovers.append((action.slot, action.replicas))
+            self.co_owned.add(action.slot)
+        elif isinstance(action, ApplyAutoscaler):
+            self.autoscalers[action.slot] = copy.deepcopy(action.body)
+        elif isinstance(action, DeleteAutoscaler):
+            self.autoscalers.pop(action.slot, None)
+        elif isinstance(action, ApplyDisruptionBudget):
+            self.disruption_budgets[action.slot] = copy.deepcopy(action.body)
         elif isinstance(action, CreateService):
             self.services[action.body["metadata"]["name"]] = copy.deepcopy(action.body)
         elif isinstance(action, SwitchTraffic):
@@ -99,6 +134,31 @@ class World:
         replicas = deployment["spec"]["replicas"] if ready is None else ready
         deployment["status"] = {"replicas": replicas, "readyReplicas": replicas,
                                 "updatedReplicas": replicas, "availableReplicas": replicas}
+
+    def hpa_scales(self, slot: str, replicas: int | None = None) -> None:
+        """The slot's HorizontalPodAutoscaler sets its replicas, as the controller would: to ``replicas``
+        (what the metrics call for) within its bounds, or into them when outside; never a slot at 0."""
+        hpa = self.autoscalers[slot]["spec"]
+        deployment = self.deployments[slot]["spec"]
+        if deployment["replicas"] == 0:
+            return
+        wanted = deployment["replicas"] if replicas is None else replicas
+        self.scale(slot, min(max(wanted, hpa["minReplicas"]), hpa["maxReplicas"]))
+
+    def scale(self, slot: str, replicas: int) -> None:
+        """Someone writes the slot's replicas (an Update, not an apply): a changed count is theirs now."""
+        deployment = self.deployments[slot]
+        if deployment["spec"]["replicas"] != replicas:
+            deployment["spec"]["replicas"] = replicas
+            set_replicas_applied(deployment, False)
+            self.co_owned.discard(slot)
+
+    def hpa_bounds(self, slot: str) -> tuple[int, int] | None:
+        hpa = self.autoscalers.get(slot)
+        return None if hpa is None else (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])
+
+    def replicas(self, slot: str) -> int:
+        return self.deployments[slot]["spec"]["replicas"]
 
     def crash(self, slot: str, reason: str = "CrashLoopBackOff") -> None:
         revision = _revision(self.deployments[slot])
@@ -116,8 +176,12 @@ class World:
         return self.services["credit"]["spec"]["selector"].get(LABEL_SLOT)
 
     def settle(self, max_steps: int = 20) -> None:
-        """Reconcile until a step changes nothing, making every Deployment ready in between."""
+        """Reconcile until a step changes nothing, making every Deployment ready in between (and,
+        as autoscalers do, bringing each autoscaled slot into its autoscaler's bounds)."""
         for _ in range(max_steps):
+            for slot in list(self.autoscalers):
+                if slot in self.deployments:
+                    self.hpa_scales(slot)
             for slot in list(self.deployments):
                 if not any(p.slot == slot and p.failure for p in self.pods):
                     self.make_ready(slot)
@@ -128,3 +192,14 @@ class World:
 
 def _revision(deployment: dict) -> str | None:
     return summarise_deployment(deployment).revision
+
+
+def replicas_applied(deployment: dict) -> bool:
+    return summarise_deployment(deployment).replicas_applied
+
+
+def set_replicas_applied(deployment: dict, applied: bool) -> None:
+    """What managedFields say of spec.replicas: slotkeeper's apply owns them, or not."""
+    fields = {"f:spec": {"f:replicas": {}}} if applied else {"f:spec": {}}
+    deployment["metadata"]["managedFields"] = [
+        {"manager": "slotkeeper", "operation": "Apply", "apiVersion": "apps/v1", "fieldsV1": fields}]
