@@ -234,3 +234,11 @@ async def test_other_refusals_of_the_finalizer_removal_are_raised(status):
 ])
 def test_merge_patch_is_the_minimal_rfc_7386_patch(old, new, patch):
     assert merge_patch(old, new) == patch
+
+
+async def test_an_action_without_its_io_is_a_type_error_naming_it():
+    cluster, calls = recording_cluster()
+    with pytest.raises(TypeError, match="unknown action 'Teleport'"):
+        await cluster.apply("ml", "credit", "Teleport", lambda **_: None)
+    cluster.close()
+    assert calls == []

@@ -122,6 +122,25 @@ def test_a_first_revision_not_ready_in_time_says_how_many_pods_were():
     assert world.status.history[-1].reason == "ProgressDeadlineExceeded"
 
 
+def test_a_fixed_first_revision_after_a_failed_one_clears_the_failure_when_it_serves():
+    world = World()
+    world.step()
+    world.crash("blue")
+    world.step()
+    world.pods.clear()
+    world.change_spec(model={"name": "credit", "uri": NEW_URI})
+    world.step()
+    # Under way again: reconciling, not stalled, whatever Degraded still says of the failed one.
+    assert conditions(world)["Degraded"][:2] == ("True", "PodFailure")
+    assert conditions(world)["Reconciling"] == ("True", "Progressing", "phase Progressing")
+    assert conditions(world)["Stalled"] == ("False", "Progressing", "phase Progressing")
+    world.make_ready("blue")
+    world.step()
+    assert world.status.phase == "Healthy" and world.selected_slot() == "blue"
+    assert (world.status.failed_revision, world.status.failed_generation) == (None, None)
+    assert conditions(world)["Degraded"] == ("False", "StableRevisionServing", "slot blue has ready replicas")
+
+
 def test_a_first_revision_ready_late_is_still_promoted():
     world = World()
     world.step()
@@ -348,7 +367,7 @@ def test_only_retry_lets_a_reverted_revision_roll_out_again():
     world.pods.clear()
     assert world.status.failed_revision == failed
 
-    world.annotations["slotkeeper.io/abort"] = "a1"  # any other action leaves the failure alone
+    world.annotations["slotkeeper.io/resume"] = "r1"  # any other action leaves the failure alone
     world.step()
     assert (world.status.failed_revision, world.status.failed_generation) == (failed, 2)
     assert world.status.phase == "RolledBack" and world.status.rollout is None
