@@ -229,3 +229,14 @@ def test_observe_endpoint_groups_pods_by_slot():
     assert observed.slot("nope").deployment is None
     assert observed.endpoint_selector == {"a": "b"}
     assert observed.slot_services == frozenset({"blue"})
+
+
+def test_a_failure_message_ending_in_a_capital_x_keeps_it():
+    failure = summarise_pod(pod(waiting="ErrImagePull", message='pull access denied for "registry/model-X"')).failure
+    assert failure == 'ErrImagePull: pull access denied for "registry/model-X"'
+
+
+def test_a_new_deployment_the_controller_has_not_looked_at_yet_is_not_observed():
+    # A fresh Deployment: generation 1, no status.observedGeneration yet.
+    assert summarise_deployment(deployment(generation=1)).generation_observed is False
+    assert not ready(deployment(generation=1, status=ALL_READY))
