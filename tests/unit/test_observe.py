@@ -232,8 +232,8 @@ def test_observe_endpoint_groups_pods_by_slot():
 
 
 def test_a_failure_message_ending_in_a_capital_x_keeps_it():
-    failure = summarise_pod(pod(waiting="ErrImagePull", message='pull access denied for "registry/model-X"')).failure
-    assert failure == 'ErrImagePull: pull access denied for "registry/model-X"'
+    failure = summarise_pod(pod(waiting="ErrImagePull", message="pull access denied for registry/model-X")).failure
+    assert failure == "ErrImagePull: pull access denied for registry/model-X"
 
 
 def test_a_new_deployment_the_controller_has_not_looked_at_yet_is_not_observed():
