@@ -23,6 +23,7 @@ def main() -> None:
         if not codes:
             continue
         module = str(meta.relative_to(root / "src"))[: -len(".py.meta")].replace("/", ".")
+        module = module.removeprefix("slotkeeper.")  # source_paths is src/slotkeeper: every module is in it
         counts = Counter(status_by_exit_code[code] for code in codes.values())
         rows.append((module, len(codes), counts))
         survivors += sorted(k for k, code in codes.items() if status_by_exit_code[code] in ("survived", "no tests"))

@@ -263,3 +263,14 @@ def test_an_autoscaler_summary_says_what_was_applied_and_what_it_does():
                                                            current_replicas=4, desired_replicas=5)
     observed = observe_endpoint([], [], None, [], autoscalers=[summarise_autoscaler(body)])
     assert observed.slot("blue").autoscaler.config == "abc" and observed.slot("blue").deployment is None
+
+
+def test_a_failure_message_ending_in_a_capital_x_keeps_it():
+    failure = summarise_pod(pod(waiting="ErrImagePull", message="pull access denied for registry/model-X")).failure
+    assert failure == "ErrImagePull: pull access denied for registry/model-X"
+
+
+def test_a_new_deployment_the_controller_has_not_looked_at_yet_is_not_observed():
+    # A fresh Deployment: generation 1, no status.observedGeneration yet.
+    assert summarise_deployment(deployment(generation=1)).generation_observed is False
+    assert not ready(deployment(generation=1, status=ALL_READY))

@@ -82,3 +82,13 @@ def test_actual_weight_rounds_half_up(stable, candidate, percent):
 def test_replicas_must_be_positive():
     with pytest.raises(ValueError):
         replicas_for_weight(0, 20)
+
+
+def test_zero_replicas_are_refused_with_the_number_given():
+    with pytest.raises(ValueError, match="^replicas must be at least 1, got 0$"):
+        replicas_for_weight(0, 50)
+
+
+def test_a_tie_between_two_stable_sizes_keeps_the_larger():
+    # 3 candidate pods at weight 55: 2 stable pods give 60 %, 3 give 50 %, equally far; more stable pods win.
+    assert replicas_for_weight(3, 55) == (3, 3)

@@ -188,3 +188,21 @@ def test_no_checks_pass():
 
 def test_verdicts_are_values():
     assert Verdict.inconclusive("prometheus down") == Verdict("Inconclusive", None, "prometheus down")
+
+
+def test_a_check_that_ran_this_very_moment_is_not_due():
+    assert due(check(interval_seconds=10), ran_at(NOW), REV, NOW) is False
+
+
+def test_two_stalled_or_two_pending_checks_are_each_named():
+    errors, p95 = check(inconclusive_limit=2), check(name="p95", metric="latency_p95_seconds", max=0.3,
+                                                      inconclusive_limit=2)
+    stalled = summarise_checks([errors, p95], [run(errors, [None, None])[-1], run(p95, [None, None])[-1]], REV)
+    assert stalled.message == ('check "errors" inconclusive 2 time(s) in a row: error_ratio: no data; '
+                               'check "p95" inconclusive 2 time(s) in a row: latency_p95_seconds: no data')
+    pending = summarise_checks([errors, p95], [], REV)
+    assert pending.message == 'waiting for a passing verdict from "errors" (not run yet), "p95" (not run yet)'
+
+
+def test_small_bounds_are_written_as_people_write_them():
+    assert evaluate(check(max=0.00001), 0.5).message == "error_ratio 0.5 is above max 1e-05"
