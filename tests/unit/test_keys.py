@@ -79,3 +79,16 @@ def test_a_user_brought_secret_is_never_created_by_the_operator():
     world = World(spec=make_spec(auth={"mode": "key", "secretName": "mine"}))
     assert not any(isinstance(a, CreateKeysSecret) for a in world.single_step().actions)
 
+
+
+def test_validation_requests_carry_the_key_in_the_header_that_reaches_the_pod():
+    from slotkeeper.checks.access import Target
+    from slotkeeper.checks.runner import with_key
+
+    direct = with_key(Target("http://credit-green.ml.svc:80/v2/models/credit/infer"), "k-123")
+    assert direct.headers == {"Authorization": "Bearer k-123"}
+    # Through the apiserver proxy, Authorization is the operator's own (the apiserver consumes it).
+    proxied = with_key(Target("https://api/proxy", headers={"Authorization": "Bearer sa-token"},
+                              through_apiserver=True), "k-123")
+    assert proxied.headers == {"Authorization": "Bearer sa-token", "X-Endpoint-Key": "k-123"}
+    assert "k-123" not in repr(direct) + repr(proxied)
