@@ -74,5 +74,14 @@ class EmitEvent:
     message: str
 
 
+@dataclass(frozen=True)
+class CreateKeysSecret:
+    """Create the endpoint's keys Secret with fresh random keys, unless it exists (a 409 is the
+    expected answer then, and the Secret is left as it is). The keys are made by the cluster layer, at
+    the moment of the create: they are never part of a decision, a status or a log line."""
+    name: str
+    owner_uid: str  # the ModelEndpoint's: the Secret goes with it
+
+
 Action = (ApplyDeployment | ScaleDeployment | HandOverReplicas | ApplyAutoscaler | DeleteAutoscaler
-          | ApplyDisruptionBudget | CreateService | SwitchTraffic | EmitEvent)
+          | ApplyDisruptionBudget | CreateService | SwitchTraffic | EmitEvent | CreateKeysSecret)

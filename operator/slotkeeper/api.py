@@ -475,6 +475,47 @@ class Checks(ApiModel):
     )
 
 
+# A Secret name is a DNS-1123 subdomain; "<endpoint>-keys" always is one (endpoint names are DNS labels).
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class Auth(ApiModel):
+    """Who may call the endpoint. Not a new behaviour for anyone who does not ask: without `auth`
+    (or with `mode: none`) the endpoint stays open, as every endpoint was before keys existed."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.mode == 'key' || !has(self.secretName)", "secretName needs mode: key"),
+    ))
+    mode: Literal["none", "key"] = Field(
+        "none",
+        description="none: any caller that reaches the Service is served (the default, so that upgrading "
+                    "slotkeeper or adding this field elsewhere never locks out existing callers). key: inference "
+                    "and model metadata require `Authorization: Bearer <key>` with the primary or the secondary "
+                    "key of the keys Secret; health routes and /metrics stay open. Turning keys on or off is a "
+                    "new revision (the pods mount the Secret): it rolls out and is validated like any other. "
+                    "Rotating a key is not: the pods re-read the mounted Secret.",
+    )
+    secret_name: str | None = Field(
+        None, min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN,
+        description="A Secret of your own in the endpoint's namespace with the keys `primary` and `secondary`. "
+                    "Absent: the operator creates `<name>-keys` (random 32-byte URL-safe keys) unless it exists, "
+                    "and never changes a key in it afterwards (`slotkeeper regenerate-key` does).",
+    )
+
+    @model_validator(mode="after")
+    def _secret_needs_key_mode(self) -> Auth:
+        if self.mode != "key" and self.secret_name is not None:
+            raise ValueError("secretName needs mode: key")
+        return self
+
+
+def keys_secret_name(endpoint: str, auth: Auth | None) -> str | None:
+    """The Secret holding the endpoint's keys; None for an open endpoint."""
+    if auth is None or auth.mode != "key":
+        return None
+    return auth.secret_name or f"{endpoint}-keys"
+
+
 def _default_strategy() -> Strategy:
     return Strategy(blue_green=BlueGreen())
 
@@ -489,6 +530,9 @@ class ModelEndpointSpec(ApiModel):
         1, ge=0, le=100, description="Replicas the failed candidate's slot keeps after a revert, for inspection.",
     )
     paused: bool = Field(False, description="Hold any rollout where it is; traffic stays as it is.")
+    auth: Auth | None = Field(
+        None, description="Endpoint keys. Absent: mode none, an open endpoint (see auth.mode for why).",
+    )
 
 
 # -------------------------------------------------------------------------------------------- status

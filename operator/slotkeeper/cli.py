@@ -105,6 +105,63 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_secret(custom, args: argparse.Namespace) -> str | None:
+    from .api import ModelEndpointSpec, keys_secret_name
+
+    endpoint = _get_endpoint(custom, args.namespace, args.name)
+    return keys_secret_name(args.name, ModelEndpointSpec.model_validate(endpoint.get("spec") or {}).auth)
+
+
+def _show_keys(args: argparse.Namespace) -> int:
+    """The endpoint's keys, read from its keys Secret (status never holds one)."""
+    import base64
+
+    from kubernetes.client.exceptions import ApiException
+
+    custom, core = _kube(args)
+    secret = _keys_secret(custom, args)
+    if secret is None:
+        print(f"{args.name}: auth mode is none; the endpoint takes no key", file=sys.stderr)
+        return 1
+    try:
+        data = core.read_namespaced_secret(secret, args.namespace).data or {}
+    except ApiException as error:
+        print(f"{args.name}: cannot read Secret {secret}: {error.status} {error.reason}", file=sys.stderr)
+        return 1
+    for name in ("primary", "secondary"):
+        value = base64.b64decode(data[name]).decode() if data.get(name) else "(missing)"
+        print(f"{name}: {value}")
+    return 0
+
+
+def _regenerate_key(args: argparse.Namespace) -> int:
+    """A new random key in the Secret (a merge patch of one data key): never the spec, so Git stays
+    the truth; the pods pick it up from the mounted Secret, and nothing rolls out."""
+    import base64
+    import secrets as random_keys
+
+    from kubernetes.client.exceptions import ApiException
+
+    from .cluster import KEY_BYTES
+
+    custom, core = _kube(args)
+    secret = _keys_secret(custom, args)
+    if secret is None:
+        print(f"{args.name}: auth mode is none; the endpoint takes no key", file=sys.stderr)
+        return 1
+    which = "primary" if args.primary else "secondary"
+    value = base64.b64encode(random_keys.token_urlsafe(KEY_BYTES).encode()).decode()
+    try:
+        core.patch_namespaced_secret(secret, args.namespace, {"data": {which: value}},
+                                     _content_type="application/merge-patch+json")
+    except ApiException as error:
+        print(f"{args.name}: cannot patch Secret {secret}: {error.status} {error.reason}", file=sys.stderr)
+        return 1
+    print(f"{which} key of {args.name} regenerated in Secret {secret}; pods pick it up when the kubelet updates "
+          f"the mounted Secret (about a minute). `slotkeeper keys {args.name} -n {args.namespace}` prints it.")
+    return 0
+
+
 def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
     """--kubeconfig/--context, before or after the subcommand (as with kubectl). The subcommand's
     copy defaults to SUPPRESS so it never overwrites a value given before it."""
@@ -146,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("name")
         command.add_argument("-n", "--namespace", default="default")
         command.set_defaults(func=_show)
+    keys = commands.add_parser("keys", help="print the endpoint's primary and secondary keys (from its Secret)",
+                               parents=[sub])
+    keys.add_argument("name")
+    keys.add_argument("-n", "--namespace", default="default")
+    keys.set_defaults(func=_show_keys)
+    regenerate = commands.add_parser("regenerate-key", help="replace the primary or the secondary key with a new "
+                                     "random one (the other keeps working: rotate without downtime)", parents=[sub])
+    regenerate.add_argument("name")
+    regenerate.add_argument("-n", "--namespace", default="default")
+    which = regenerate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--primary", action="store_true")
+    which.add_argument("--secondary", action="store_true")
+    regenerate.set_defaults(func=_regenerate_key)
     return parser
 
 

@@ -20,6 +20,11 @@ How it writes, and why (each is what the apiserver does with it, pinned by tests
   the field manager ``slotkeeper-handover`` and without ``force`` (a count that moved meanwhile is a
   409, and the next pass looks again).
 * An autoscaler is deleted when its slot stops serving; deleting one that is gone is no error.
+* A keyed endpoint's Secret ``<name>-keys`` is **created**, never applied or patched: a 409 means it
+  exists (made earlier, rotated by ``slotkeeper regenerate-key``, or brought by the user) and it is
+  left alone. Its keys are generated here, at the create, and go nowhere else. The keys are read
+  with a targeted ``get`` of that one Secret when a validation request needs them: no Secret is
+  watched or listed, and a key is never logged (errors name the Secret and the status code only).
 
 Every error is raised to the reconcile loop, which retries with back-off and decides again from
 what it observes.
@@ -28,17 +33,20 @@ what it observes.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from kubernetes.client import ApiClient, AppsV1Api, AutoscalingV2Api, CoreV1Api, CustomObjectsApi, PolicyV1Api
 from kubernetes.client.exceptions import ApiException
 
-from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
-                      DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
+from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateKeysSecret,
+                      CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
-from .render import slot_object_name
+from .render import KEY_NAMES, render_keys_secret, slot_object_name
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -46,6 +54,7 @@ APPLY_PATCH = "application/apply-patch+yaml"
 FIELD_MANAGER = "slotkeeper"
 HANDOVER_MANAGER = "slotkeeper-handover"
 REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
+KEY_BYTES = 32  # random bytes per generated key (43 URL-safe characters)
 
 APPLY = {"_content_type": APPLY_PATCH, "field_manager": FIELD_MANAGER, "force": True}
 MERGE = {"_content_type": MERGE_PATCH, "field_manager": FIELD_MANAGER}
@@ -66,6 +75,40 @@ class Cluster:
         self.policy = PolicyV1Api(api_client)
         self.custom = CustomObjectsApi(api_client)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="slotkeeper-api")
+
+    async def _read(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A GET whose JSON body is returned (parsed here, never logged)."""
+        kwargs.setdefault("_preload_content", False)
+        kwargs.setdefault("_request_timeout", self.request_timeout)
+
+        def call() -> Any:
+            response = method(*args, **kwargs)
+            try:
+                return json.loads(response.data)
+            finally:
+                response.release_conn()
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    async def read_keys(self, namespace: str, secret: str) -> tuple[str, ...]:
+        """The keys in the Secret (``primary``, ``secondary``; those present and not empty). A missing
+        Secret or one without keys is an empty tuple; other API errors are raised, without the body."""
+        try:
+            body = await self._read(self.core.read_namespaced_secret, secret, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return ()
+            raise ApiException(status=error.status, reason=error.reason) from None  # no body, no key
+        data = body.get("data") or {}
+        keys = []
+        for name in KEY_NAMES:
+            try:
+                value = base64.b64decode(data.get(name) or "", validate=True).decode().strip()
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if value:
+                keys.append(value)
+        return tuple(keys)
 
     async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("_preload_content", False)
@@ -116,6 +159,15 @@ class Cluster:
         elif isinstance(action, SwitchTraffic):
             await self._call(self.core.patch_namespaced_service, endpoint, namespace,
                              [{"op": "replace", "path": "/spec/selector", "value": action.selector}], **JSON)
+        elif isinstance(action, CreateKeysSecret):
+            owner = {"metadata": {"name": endpoint, "namespace": namespace, "uid": action.owner_uid}}
+            body = render_keys_secret(owner, action.name,
+                                      {name: secrets.token_urlsafe(KEY_BYTES) for name in KEY_NAMES})
+            try:
+                await self._call(self.core.create_namespaced_secret, namespace, body, field_manager=FIELD_MANAGER)
+            except ApiException as error:
+                if error.status != 409:  # it exists: never overwrite a key someone rotated
+                    raise ApiException(status=error.status, reason=error.reason) from None
         elif isinstance(action, EmitEvent):
             post_event(type=action.type, reason=action.reason, message=action.message)
         else:  # pragma: no cover - a new action type without its I/O is a programming error

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Mapping
 
-from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
-                      DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
+from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateKeysSecret,
+                      CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from .api import (SLOTS, Autoscaling, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus, Rollout, ScaleDown,
-                  SlotStatus)
+                  SlotStatus, keys_secret_name)
 from .checks.canary import actual_weight, replicas_for_weight
 from .checks.verdicts import Verdict, next_check_status, next_due, status_for, summarise_checks
 from .clock import format_time, parse_time
@@ -173,6 +173,8 @@ class _Step:
         write); later applies never do, and the first of them hands the replicas over before (the
         apiserver would reset replicas that the apply owned alone and stops naming)."""
         seen = self.observed.slot(slot).deployment
+        if seen is None or seen.revision != revision:
+            self.want_keys()
         if seen is None:
             created = replicas if replicas is not None else self.full_size()
             body = render_slot_deployment(self.endpoint.owner, self.spec, slot, revision, replicas=created)
@@ -186,6 +188,17 @@ class _Step:
             self.autoscale(slot)
         else:
             self.want_replicas(slot, replicas)
+
+    def want_keys(self) -> None:
+        """Before a keyed revision's pods are created: the keys Secret they mount, when the operator
+        owns it (no `auth.secretName`). Created only if missing, so asking again is harmless; asked
+        only with a Deployment write, so an idle endpoint sends nothing."""
+        auth = self.spec.auth
+        if auth is None or auth.mode != "key" or auth.secret_name is not None:
+            return
+        action = CreateKeysSecret(name=keys_secret_name(self.endpoint.name, auth) or "", owner_uid=self.endpoint.uid)
+        if action not in self.actions:
+            self.actions.append(action)
 
     def want_replicas(self, slot: str, replicas: int) -> None:
         """Size the slot by hand. No autoscaler may drive it then: one that exists is deleted first."""

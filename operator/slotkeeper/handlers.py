@@ -175,7 +175,7 @@ async def reconcile_endpoint(
     reconciler = EndpointReconciler(
         namespace=namespace, name=name, cluster=memo.cluster,
         post_event=lambda **event: kopf.event(loop.body, **event),
-        checks=CheckRunner(memo.http, access=memo.slot_access),
+        checks=CheckRunner(memo.http, access=memo.slot_access, keys=memo.cluster.read_keys),
         **({"clock": memo.clock} if getattr(memo, "clock", None) is not None else {}),  # tests: a fake clock
     )
     backoff = RetryBackoff(base=getattr(memo, "retry_backoff", DEFAULT_BACKOFF_SECONDS))

@@ -7,12 +7,13 @@ ModelEndpoint, so ``kubectl delete mep`` deletes everything and ``kubectl get al
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from .api import API_VERSION, KIND, ModelEndpointSpec, default_serving_image
+from .api import API_VERSION, KIND, ModelEndpointSpec, default_serving_image, keys_secret_name
 
 LABEL_ENDPOINT = "slotkeeper.io/endpoint"
 LABEL_SLOT = "slotkeeper.io/slot"
@@ -33,6 +34,13 @@ DEFAULT_SERVICE_ACCOUNT = "default"
 # drains; requests in flight get DRAIN_SECONDS more. 5 + 25 is Kubernetes' own default grace period.
 DEFAULT_SHUTDOWN_DELAY_SECONDS = 5
 DRAIN_SECONDS = 25
+# A keyed endpoint's pods mount its keys Secret here (read-only, group-readable only: 0440 with the
+# image's group as fsGroup); the serving image reads SLOTKEEPER_KEYS_DIR. The key is never in env.
+KEYS_DIR = "/var/run/slotkeeper/keys"
+KEYS_VOLUME = "keys"
+KEYS_FILE_MODE = 0o440
+SERVING_GROUP = 10001  # the serving image's group (serving-image/Dockerfile)
+KEY_NAMES = ("primary", "secondary")
 
 
 def slot_object_name(endpoint: str, slot: str) -> str:
@@ -124,6 +132,14 @@ def render_slot_deployment(owner: dict[str, Any], spec: ModelEndpointSpec, slot:
     if model_volume and model_mount:
         volumes.append(model_volume)
         mounts.append(model_mount)
+    keys_secret = keys_secret_name(endpoint, spec.auth)
+    if keys_secret is not None:
+        env.append({"name": "SLOTKEEPER_KEYS_DIR", "value": KEYS_DIR})
+        # No `items`: the kubelet updates a whole-Secret volume in place (subPath or items would not
+        # pick up a rotation for every layout); `optional: false`: a pod never starts without keys.
+        volumes.append({"name": KEYS_VOLUME, "secret": {"secretName": keys_secret, "defaultMode": KEYS_FILE_MODE,
+                                                        "optional": False}})
+        mounts.append({"name": KEYS_VOLUME, "mountPath": KEYS_DIR, "readOnly": True})
 
     container: dict[str, Any] = {
         "name": "model",
@@ -162,6 +178,8 @@ def render_slot_deployment(owner: dict[str, Any], spec: ModelEndpointSpec, slot:
         # the server answers through the delay, then drains; the kubelet must not kill it sooner.
         "terminationGracePeriodSeconds": shutdown_delay + DRAIN_SECONDS,
     }
+    if keys_secret is not None:  # the mounted key files (0440) belong to this group
+        pod_spec["securityContext"]["fsGroup"] = SERVING_GROUP
 
     pod_labels = _labels(endpoint, slot, revision)
     return {
@@ -258,3 +276,17 @@ def render_slot_disruption_budget(owner: dict[str, Any], spec: ModelEndpointSpec
         "metadata": _metadata(owner, slot_object_name(endpoint, slot), _labels(endpoint, slot)),
         "spec": {"maxUnavailable": max_unavailable, "selector": {"matchLabels": slot_selector(endpoint, slot)}},
     })
+
+
+def render_keys_secret(owner: dict[str, Any], name: str, keys: dict[str, str]) -> dict[str, Any]:
+    """The keys Secret the operator creates for a keyed endpoint (only when none exists: it is created,
+    never applied, so a key someone rotated is never put back). ``data`` is base64, as the API stores
+    it; ``stringData`` would be write-only and merged by the apiserver."""
+    endpoint = owner["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(owner, name, _labels(endpoint)),
+        "type": "Opaque",
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in keys.items()},
+    }

@@ -4,6 +4,10 @@ Two specs with the same model and the same serving template are the same revisio
 their keys were written in. ``serving.replicas``, ``serving.autoscaling`` and
 ``serving.disruptionBudget`` are left out on purpose: scaling an endpoint (by hand or by autoscaler) is
 not a new revision and must not start a rollout (like a Deployment's ReplicaSet hash).
+
+``auth`` takes part only when keys are on (mode and Secret name: the pods mount that Secret), so
+every open endpoint keeps the revision it had before ``auth`` existed. The keys themselves never
+do: a rotation is picked up by the running pods, without a rollout.
 """
 
 from __future__ import annotations
@@ -22,5 +26,7 @@ def revision_of(spec: ModelEndpointSpec) -> str:
         "serving": spec.serving.model_copy(update={"replicas": 0, "autoscaling": None,
                                                    "disruption_budget": None}).to_api(),
     }
+    if spec.auth is not None and spec.auth.mode == "key":
+        identity["auth"] = spec.auth.to_api()
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:REVISION_LENGTH]

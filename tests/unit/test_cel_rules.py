@@ -166,6 +166,11 @@ EXAMPLES: dict[tuple[str, str], tuple[list[dict[str, Any]], list[dict[str, Any]]
         [metric(**{**PODS, "min": 2, "max": 1}), metric(**{**PODS, "min": 0.5, "max": 0.05}),
          metric(**{**PODS, "min": 2, "max": 1.5})],
     ),
+    ("spec.auth", "secretName needs mode: key"): (
+        [at("auth", {"mode": "key"}), at("auth", {"mode": "key", "secretName": "credit-own-keys"}),
+         at("auth", {"mode": "none"})],
+        [at("auth", {"mode": "none", "secretName": "credit-own-keys"})],
+    ),
 }
 
 

@@ -39,6 +39,9 @@ ALLOWED = {
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
     ("", "pods"): {"get", "list", "watch"},
+    # Endpoint keys: create <name>-keys when missing, get one Secret when a validation request needs
+    # its key. No list or watch (no Secret cache), no patch (a key is never overwritten).
+    ("", "secrets"): {"get", "create"},
     ("", "events"): {"create"},
     ("events.k8s.io", "events"): {"create"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},

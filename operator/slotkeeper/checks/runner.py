@@ -13,17 +13,18 @@ use their URL as written.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Awaitable, Callable
 
 import aiohttp
 
-from ..api import MetricCheck
+from ..api import MetricCheck, keys_secret_name
 from ..decide import CHECKED_STEPS, Endpoint, Gates
 from ..observe import Observed
-from .access import InCluster, SlotAccess, outside_cluster_hint, slot_service_url
+from .access import InCluster, SlotAccess, Target, outside_cluster_hint, slot_service_url
 from .pod_metrics import PodMetrics, derive
 from .prometheus import query_prometheus, render_query
 from .scrape import scrape_targets
@@ -45,6 +46,8 @@ class CheckRunner:
     slot_url: Callable[[str, str, str], str] | None = None
     clock: Callable[[], float] = time.monotonic
     access: SlotAccess | None = None  # how the slot Service and pods are reached; set in __post_init__
+    # (namespace, Secret name) -> the endpoint's keys: a keyed endpoint's validation requests carry one
+    keys: Callable[[str, str], Awaitable[tuple[str, ...]]] | None = None
     # (revision, slot) -> (monotonic time, scrape): the baseline of the next pods evaluation
     _baselines: dict[tuple[str, str], tuple[float, list[PodMetrics]]] = field(default_factory=dict)
 
@@ -81,9 +84,18 @@ class CheckRunner:
     async def _validate(self, endpoint: Endpoint, slot: str) -> tuple[bool, str]:
         path = infer_path(endpoint.spec.model.name)
         messages = []
+        key = None
+        secret = keys_secret_name(endpoint.name, endpoint.spec.auth)
+        if secret is not None:
+            keys = await self.keys(endpoint.namespace, secret) if self.keys is not None else ()
+            if not keys:
+                return False, f"the keys Secret {secret} has no key (primary, secondary) to send"
+            key = keys[0]
         for request in endpoint.spec.checks.validation:
             # A target per request: through the apiserver, each carries freshly refreshed credentials.
             target = await self.access.slot_target(endpoint.namespace, endpoint.name, slot, path)
+            if key is not None:
+                target = with_key(target, key)
             passed, message = await send_validation(self.session, target, request)
             if not passed:
                 return False, message
@@ -118,3 +130,12 @@ class CheckRunner:
         if baseline is None:
             return {}, "first scrape of this revision: a baseline for the next window"
         return derive(baseline[1], scrape.pods, now - baseline[0], revision=revision), scrape.message
+
+
+def with_key(target: Target, key: str) -> Target:
+    """The target with the endpoint key in its headers (kept out of its repr and of every message).
+    Directly: ``Authorization: Bearer``. Through the apiserver proxy, whose own ``Authorization`` is
+    the operator's credentials (consumed by the apiserver): ``X-Endpoint-Key``, which the serving image
+    accepts too."""
+    header = {"X-Endpoint-Key": key} if target.through_apiserver else {"Authorization": f"Bearer {key}"}
+    return dataclasses.replace(target, headers={**target.headers, **header})

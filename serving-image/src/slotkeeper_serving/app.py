@@ -28,6 +28,7 @@ from . import __version__, workers
 from . import lifecycle as _lifecycle
 from .config import Settings, current_settings
 from .fetch import ModelLoadError, redact_uri
+from .keys import CHALLENGE, KeyRing, is_open, presented_key
 from .lifecycle import Lifecycle
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ModelMetrics
@@ -94,6 +95,7 @@ class ServingApp:
         self.metrics = ModelMetrics(settings.model_name, settings.model_version)
         self._loader = loader
         self._max_body = settings.max_request_bytes
+        self.keyring = KeyRing(settings.keys_dir) if settings.keys_dir is not None else None
         name, version = settings.model_name, settings.model_version
         self._infer_paths = {f"/v2/models/{name}/infer"}
         if version:
@@ -121,6 +123,10 @@ class ServingApp:
             # clients reconnect through the load balancer, which soon stops
             # choosing this server, instead of being cut off by the drain.
             send = _closing_connection(send)
+        if (self.keyring is not None and scope["type"] == "http" and not is_open(scope["path"])
+                and not self.keyring.accepts(presented_key(scope["headers"]))):
+            await _unauthorized(send)
+            return
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self._infer_paths:
             await self._infer(scope, receive, send)
         else:
@@ -323,6 +329,19 @@ async def _in_daemon_thread(fn, *args):
 
     threading.Thread(target=run, name="slotkeeper-loader", daemon=True).start()
     return await future
+
+
+_UNAUTHORIZED = orjson.dumps({"error": "a valid endpoint key is required: Authorization: Bearer <key>"})
+
+
+async def _unauthorized(send) -> None:
+    """401 without reading the body; the answer never says which key was tried."""
+    await send({
+        "type": "http.response.start",
+        "status": 401,
+        "headers": _JSON_HEADERS + CHALLENGE + [(b"content-length", b"%d" % len(_UNAUTHORIZED))],
+    })
+    await send({"type": "http.response.body", "body": _UNAUTHORIZED})
 
 
 def _closing_connection(send):

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, keep serving this long while reporting not ready, then drain; "
         f"a second SIGTERM/SIGINT ends the wait (default: 5) [{ENV['shutdown_delay_seconds']}]",
     )
+    add(
+        "--keys-dir",
+        metavar="DIR",
+        help="require a key from the files primary/secondary in DIR (a mounted Secret), re-read when they "
+        f"change; health routes and /metrics stay open (default: no key) [{ENV['keys_dir']}]",
+    )
     add("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 

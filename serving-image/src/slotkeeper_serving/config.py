@@ -39,6 +39,8 @@ ENV = {
     "fastpath": "SLOTKEEPER_FASTPATH",
     # Set by the operator from the ModelEndpoint spec; the default suits most clusters.
     "shutdown_delay_seconds": "SLOTKEEPER_SHUTDOWN_DELAY_SECONDS",
+    # Set by the operator for a keyed endpoint: the mounted keys Secret (see keys.py).
+    "keys_dir": "SLOTKEEPER_KEYS_DIR",
 }
 
 # How long a terminating server keeps accepting and answering (while reporting
@@ -67,6 +69,7 @@ class Settings:
     log_level: str = "info"
     fastpath: bool = True
     shutdown_delay_seconds: float = DEFAULT_SHUTDOWN_DELAY_SECONDS
+    keys_dir: Path | None = None  # None: no key required (an open endpoint)
 
     def __post_init__(self) -> None:
         _check_path_segment("model name", self.model_name, allow_empty=False)
@@ -172,6 +175,8 @@ def settings_from_env(environ: Mapping[str, str], overrides: Mapping[str, Any] |
         values["log_level"] = values["log_level"].lower()
     if "cache_dir" in values:
         values["cache_dir"] = Path(values["cache_dir"])
+    if "keys_dir" in values:
+        values["keys_dir"] = Path(values["keys_dir"])
     values.setdefault("model_uri", "")
     return Settings(**values)
 
