@@ -38,6 +38,7 @@ ALLOWED = {
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
+    ("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create"},
     ("events.k8s.io", "events"): {"create"},
