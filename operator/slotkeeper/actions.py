@@ -68,6 +68,13 @@ class SwitchTraffic:
 
 
 @dataclass(frozen=True)
+class ApplyRoute:
+    """Create or update the endpoint's HTTPRoute (server-side apply): with Gateway API traffic, the
+    write that moves traffic (its weights) and mirrors it."""
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class EmitEvent:
     type: Literal["Normal", "Warning"]
     reason: str
@@ -84,4 +91,4 @@ class CreateKeysSecret:
 
 
 Action = (ApplyDeployment | ScaleDeployment | HandOverReplicas | ApplyAutoscaler | DeleteAutoscaler
-          | ApplyDisruptionBudget | CreateService | SwitchTraffic | EmitEvent | CreateKeysSecret)
+          | ApplyDisruptionBudget | CreateService | SwitchTraffic | ApplyRoute | EmitEvent | CreateKeysSecret)

@@ -354,6 +354,83 @@ class Serving(ApiModel):
     )
 
 
+# ------------------------------------------------------------------------------- traffic (Gateway API)
+
+# As the Gateway API's own types say them (v1.6.1, standard channel): a parentRef's name and a
+# hostname. The route slotkeeper writes is checked against the upstream CRD in tests.
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+OBJECT_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+PATH_PREFIX = r"^/[-A-Za-z0-9/._~!$&'()*+,;=:@%]*$"
+
+
+class RouteParent(ApiModel):
+    """A parentRef of the HTTPRoute: a Gateway (kind Gateway, the default), or for a GAMMA mesh
+    (Istio, Linkerd) the endpoint's own Service (``kind: Service``, ``group: ""``)."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.kind != 'Service' || self.group == ''", "a Service parent is in the core group: group \"\""),
+        ("self.kind != 'Gateway' || self.group == 'gateway.networking.k8s.io'",
+         "a Gateway parent is in the group gateway.networking.k8s.io"),
+    ))
+    group: str = Field(GATEWAY_API_GROUP, max_length=253,
+                       description="gateway.networking.k8s.io for a Gateway, \"\" for a Service (mesh).")
+    kind: Literal["Gateway", "Service"] = Field("Gateway", description="Gateway, or Service for a GAMMA mesh.")
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME)
+    namespace: str | None = Field(None, min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                                  description="The parent's namespace; absent: the endpoint's.")
+    section_name: str | None = Field(None, min_length=1, max_length=253, pattern=OBJECT_NAME,
+                                     description="A listener of the Gateway (or a port name of the Service).")
+    port: int | None = Field(None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _group_of_kind(self) -> RouteParent:
+        if self.kind == "Service" and self.group != "":
+            raise ValueError('a Service parent is in the core group: group ""')
+        if self.kind == "Gateway" and self.group != GATEWAY_API_GROUP:
+            raise ValueError("a Gateway parent is in the group gateway.networking.k8s.io")
+        return self
+
+
+class Mirror(ApiModel):
+    """Before the candidate gets any live traffic: copies of ``percent`` of the live requests go to it
+    (HTTPRoute RequestMirror filter), for ``seconds``, while metric checks read its metrics. The
+    gateway discards the candidate's answers: no user sees them."""
+
+    percent: int = Field(ge=1, le=100, description="Percent of live requests copied to the candidate.")
+    seconds: int = Field(ge=1, le=86400, description="How long to mirror before traffic may move.")
+
+
+class GatewayAPITraffic(ApiModel):
+    """Route traffic with a Gateway API HTTPRoute (gateway.networking.k8s.io/v1) the operator owns:
+    exact weights for blue/green and canary steps, and mirroring. The endpoint Service keeps working
+    for in-cluster callers and selects the slot holding all the route's traffic (the stable slot
+    until the switch); only requests that pass the route's parents get the exact weights."""
+
+    parent_refs: list[RouteParent] = Field(
+        min_length=1, max_length=32,
+        description="The Gateways (or, for a mesh, the endpoint's own Service) the route attaches to.",
+    )
+    hostnames: list[Annotated[str, Field(min_length=1, max_length=253, pattern=HOSTNAME)]] | None = Field(
+        None, max_length=16, description="Host names the route matches (as HTTPRoute spec.hostnames).",
+    )
+    path_prefix: str | None = Field(
+        None, min_length=1, max_length=1024, pattern=PATH_PREFIX,
+        description="Only requests under this path prefix (a PathPrefix match); absent: every path.",
+    )
+    mirror: Mirror | None = Field(
+        None, description="A mirroring phase after validation and before any traffic moves.",
+    )
+
+
+class Traffic(ApiModel):
+    gateway_api: GatewayAPITraffic | None = Field(
+        None, alias="gatewayAPI",
+        description="Exact weights (and mirroring) through a Gateway API HTTPRoute. Absent: the endpoint "
+                    "Service's selector moves traffic, canary shares follow pod counts.",
+    )
+
+
 class Pause(ApiModel):
     seconds: int | None = Field(
         None, ge=0, le=86400, description="How long to pause; absent: until `promote` (annotation or CLI).",
@@ -533,6 +610,9 @@ class ModelEndpointSpec(ApiModel):
     auth: Auth | None = Field(
         None, description="Endpoint keys. Absent: mode none, an open endpoint (see auth.mode for why).",
     )
+    traffic: Traffic | None = Field(
+        None, description="How traffic is routed beyond the endpoint Service (Gateway API). Absent: the Service alone.",
+    )
 
 
 # -------------------------------------------------------------------------------------------- status
@@ -583,12 +663,15 @@ class Rollout(ApiModel):
     revision: str
     slot: Slot
     model_uri: str
-    step: Literal["Deploying", "Validating", "AwaitingPromotion", "Canary", "Analysing"]
+    step: Literal["Deploying", "Validating", "Mirroring", "AwaitingPromotion", "Canary", "Analysing"]
     started_at: str
     step_started_at: str
     canary_step: int = 0
     validated: bool = False
     switched_at: str | None = None
+    mirror_started_at: str | None = Field(
+        None, description="When the route's parents accepted the mirror to the candidate (Gateway API).",
+    )
     stable_replicas: int | None = Field(
         None, description="With autoscaling: the stable slot's size this rollout sizes by, kept from the moment "
                           "the stable slot may shrink (canary weights above 50) or traffic moves.",

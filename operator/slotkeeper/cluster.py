@@ -43,8 +43,9 @@ from typing import Any, Callable
 from kubernetes.client import ApiClient, AppsV1Api, AutoscalingV2Api, CoreV1Api, CustomObjectsApi, PolicyV1Api
 from kubernetes.client.exceptions import ApiException
 
-from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateKeysSecret,
-                      CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
+from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
+                      CreateKeysSecret, CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas,
+                      ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
 from .render import KEY_NAMES, render_keys_secret, slot_object_name
 
@@ -61,7 +62,14 @@ MERGE = {"_content_type": MERGE_PATCH, "field_manager": FIELD_MANAGER}
 JSON = {"_content_type": JSON_PATCH, "field_manager": FIELD_MANAGER}
 HANDOVER = {"_content_type": APPLY_PATCH, "field_manager": HANDOVER_MANAGER}  # no force: a moved count is a 409
 
+HTTPROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
+
 log = logging.getLogger(__name__)
+
+
+class GatewayAPIMissing(Exception):
+    """The cluster does not serve HTTPRoutes (gateway.networking.k8s.io/v1): the Gateway API CRDs
+    are not installed."""
 
 
 class Cluster:
@@ -168,6 +176,15 @@ class Cluster:
             except ApiException as error:
                 if error.status != 409:  # it exists: never overwrite a key someone rotated
                     raise ApiException(status=error.status, reason=error.reason) from None
+        elif isinstance(action, ApplyRoute):
+            group, version, plural = HTTPROUTES
+            try:
+                await self._call(self.custom.patch_namespaced_custom_object, group, version, namespace, plural,
+                                 action.body["metadata"]["name"], action.body, **APPLY)
+            except ApiException as error:
+                if error.status == 404:  # an apply creates: 404 is a resource the API does not serve
+                    raise GatewayAPIMissing(f"{group}/{version} {plural} is not served by this cluster") from error
+                raise
         elif isinstance(action, EmitEvent):
             post_event(type=action.type, reason=action.reason, message=action.message)
         else:  # pragma: no cover - a new action type without its I/O is a programming error

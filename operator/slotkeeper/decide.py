@@ -27,17 +27,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Mapping
 
-from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateKeysSecret,
-                      CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
-from .api import (SLOTS, Autoscaling, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus, Rollout, ScaleDown,
-                  SlotStatus, keys_secret_name)
+from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
+                      CreateKeysSecret, CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment,
+                      SwitchTraffic)
+from .api import (SLOTS, Autoscaling, GatewayAPITraffic, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus,
+                  Rollout, ScaleDown, SlotStatus, keys_secret_name)
 from .checks.canary import actual_weight, replicas_for_weight
 from .checks.verdicts import Verdict, next_check_status, next_due, status_for, summarise_checks
 from .clock import format_time, parse_time
 from .conditions import set_condition
 from .observe import DEFAULT_REPLICAS, Observed
 from .render import (ANNOTATION_CONFIG, LABEL_SLOT, NO_SLOT, endpoint_url, render_endpoint_service,
-                     render_slot_autoscaler, render_slot_deployment, render_slot_disruption_budget,
+                     render_http_route, render_slot_autoscaler, render_slot_deployment, render_slot_disruption_budget,
                      render_slot_service, slot_selector)
 from .revision import revision_of
 
@@ -48,9 +49,9 @@ ROLLOUT_POLL_SECONDS = 10.0
 ACTION_PREFIX = "slotkeeper.io/"
 MANUAL_ACTIONS = ("promote", "abort", "retry", "pause", "resume")
 # Steps in which the candidate is checked (validation requests, metric checks).
-CHECKED_STEPS = ("Validating", "Canary", "Analysing")
+CHECKED_STEPS = ("Validating", "Mirroring", "Canary", "Analysing")
 # Steps before the candidate gets any traffic: the endpoint selects the stable slot alone.
-PRE_TRAFFIC_STEPS = ("Deploying", "Validating", "AwaitingPromotion")
+PRE_TRAFFIC_STEPS = ("Deploying", "Validating", "Mirroring", "AwaitingPromotion")
 # During canary steps the endpoint Service selects every slot; the share follows the ready pods.
 BOTH_SLOTS = "*"
 
@@ -243,8 +244,61 @@ class _Step:
                 return action.body["spec"]["selector"]
         return self.observed.endpoint_selector
 
-    def want_selector(self, slot: str) -> bool:
-        """Point the endpoint Service at ``slot`` (or NO_SLOT, or BOTH_SLOTS); True when that moves traffic."""
+    @property
+    def gateway(self) -> GatewayAPITraffic | None:
+        traffic = self.spec.traffic
+        return traffic.gateway_api if traffic is not None else None
+
+    def want_selector(self, slot: str, weight: int | None = None, mirror: int | None = None) -> bool:
+        """Point the endpoint Service at ``slot`` (or NO_SLOT, or BOTH_SLOTS); True when that moves traffic.
+
+        With Gateway API traffic the HTTPRoute carries the traffic: ``slot`` gets weight 100 (NO_SLOT:
+        nothing gets any), BOTH_SLOTS gives the candidate ``weight`` and the stable slot the rest, and
+        ``mirror`` copies that percent of the requests to the candidate. The endpoint Service then
+        selects the slot holding all the route's traffic: the stable slot during a canary."""
+        gateway = self.gateway
+        if gateway is not None:
+            active = self.status.active_slot or FIRST_SLOT
+            candidate = other_slot(active)
+            if slot == BOTH_SLOTS:
+                share = min(max(weight or 0, 0), 100)
+                weights = {active: 100 - share, candidate: share}
+                slot = active if share < 100 else candidate
+            else:
+                weights = {s: (100 if s == slot else 0) for s in SLOTS}
+            moved = self.want_route(gateway, weights, (candidate, mirror) if mirror else None)
+            return self._want_service_selector(slot) or moved
+        return self._want_service_selector(slot)
+
+    _route_body: dict | None = None  # the HTTPRoute this pass wants (set by want_selector)
+
+    def want_route(self, gateway: GatewayAPITraffic, weights: dict[str, int], mirror: tuple[str, int] | None) -> bool:
+        """Apply the route with these weights and mirror unless the cluster holds it; True when written."""
+        body = render_http_route(self.endpoint.owner, gateway, weights, mirror)
+        self._route_body = body
+        self.actions = [a for a in self.actions if not isinstance(a, ApplyRoute)]
+        seen = self.observed.route
+        if seen is not None and seen.config == body["metadata"]["annotations"][ANNOTATION_CONFIG]:
+            return False
+        self.actions.append(ApplyRoute(body=body))
+        return True
+
+    def route_settled(self) -> str | None:
+        """None when the route as watched is the one this pass wants and every parent accepted this
+        generation of it; otherwise what it waits for, naming the parents."""
+        wanted = self._route_body
+        route = self.observed.cluster_route
+        if wanted is None:
+            return None
+        name = wanted["metadata"]["name"]
+        if route is None or route.config != wanted["metadata"]["annotations"][ANNOTATION_CONFIG]:
+            return f"waiting for HTTPRoute {name} to show the new weights"
+        if not route.accepted:
+            parents = ", ".join(route.not_accepted or ()) or "its parents"
+            return f"waiting for parent {parents} to accept HTTPRoute {name} (generation {route.generation})"
+        return None
+
+    def _want_service_selector(self, slot: str) -> bool:
         selector = slot_selector(self.endpoint.name, None if slot == BOTH_SLOTS else slot)
         current = self.wanted_selector()
         if current is None:
@@ -320,16 +374,20 @@ def _write_ahead(step: _Step, before: ModelEndpointStatus) -> None:
     switch twice or hand traffic back to a candidate that had just failed. Costs one status write.
     """
     remembered = step.status.model_dump(exclude=set(REPORTED_FIELDS))
-    switch_at = next((i for i, a in enumerate(step.actions) if isinstance(a, SwitchTraffic)), None)
+    switch_at = next((i for i, a in enumerate(step.actions) if isinstance(a, (SwitchTraffic, ApplyRoute))), None)
     if switch_at is None:
         return
     if remembered != before.model_dump(exclude=set(REPORTED_FIELDS)):
         step.actions = step.actions[:switch_at] + [a for a in step.actions[switch_at:] if isinstance(a, EmitEvent)]
         step.wake_ups.append(0.0)
         return
-    selector = step.actions[switch_at].selector
-    where = selector.get(LABEL_SLOT, "every slot (canary)")
-    step.actions.insert(switch_at + 1, EmitEvent("Normal", "TrafficSwitched", f"endpoint now selects {where}"))
+    for index in reversed([i for i, a in enumerate(step.actions) if isinstance(a, (SwitchTraffic, ApplyRoute))]):
+        action = step.actions[index]
+        if isinstance(action, ApplyRoute):
+            message = "route now sends " + route_summary(action.body)
+        else:
+            message = f"endpoint now selects {action.selector.get(LABEL_SLOT, 'every slot (canary)')}"
+        step.actions.insert(index + 1, EmitEvent("Normal", "TrafficSwitched", message))
 
 
 # ---------------------------------------------------------------------------------------- cases
@@ -497,9 +555,14 @@ def _rollout(step: _Step, revision: str) -> None:
         rollout = _validate(step, rollout)
         if rollout is None:
             return
-        next_step = "Canary" if spec.strategy.canary else (
-            "AwaitingPromotion" if _needs_manual_promotion(spec) else "Analysing")
-        rollout = _advance(step, rollout, next_step)
+        rollout = _advance(step, rollout, "Mirroring" if step.gateway is not None and step.gateway.mirror
+                           else _after_validation(spec))
+
+    if rollout.step == "Mirroring":
+        rollout = _mirror(step, rollout)
+        if rollout is None:
+            return
+        rollout = _advance(step, rollout, _after_validation(spec))
 
     if rollout.step == "AwaitingPromotion":
         step.want_selector(active)
@@ -518,6 +581,38 @@ def _rollout(step: _Step, revision: str) -> None:
 
     if rollout.step == "Analysing":
         _analyse(step, rollout, active)
+
+
+def _after_validation(spec: ModelEndpointSpec) -> str:
+    return "Canary" if spec.strategy.canary else ("AwaitingPromotion" if _needs_manual_promotion(spec) else "Analysing")
+
+
+def _mirror(step: _Step, rollout: Rollout) -> Rollout | None:
+    """Gateway API: all live traffic stays on stable while the route copies ``mirror.percent`` of it to
+    the candidate (the gateway discards the copies' answers) for ``mirror.seconds``, counted from the
+    moment every parent accepted that route; metric checks read the candidate meanwhile, and a failing
+    one reverts before any user was answered by it. Then every check's latest verdict must be Pass."""
+    mirror = step.gateway.mirror
+    active = step.status.active_slot or FIRST_SLOT
+    step.want_selector(active, mirror=mirror.percent)
+    waiting = step.route_settled()
+    if waiting is not None:
+        step.condition("Progressing", True, "RouteNotAccepted", f"mirroring to slot {rollout.slot}: {waiting}")
+        step.wake_at(step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS))
+        return None
+    if rollout.mirror_started_at is None:
+        rollout = rollout.model_copy(update={"mirror_started_at": step.now_text})
+        step.update(rollout=rollout)
+    until = parse_time(rollout.mirror_started_at) + timedelta(seconds=mirror.seconds)
+    if step.now < until and "promote" not in step.requested:
+        step.condition("Progressing", True, "Mirroring",
+                       f"{mirror.percent}% of requests mirrored to slot {rollout.slot} until {format_time(until)}")
+        step.wake_at(until)
+        return None
+    if not _checks_allow_progress(step, rollout, final=True):
+        return None
+    step.requested = step.requested - {"promote"}
+    return rollout
 
 
 def _validate(step: _Step, rollout: Rollout) -> Rollout | None:
@@ -552,8 +647,15 @@ def _canary(step: _Step, rollout: Rollout, active: str) -> Rollout | None:
         current = canary.steps[rollout.canary_step]
         position = f"step {rollout.canary_step + 1}/{len(canary.steps)}"
         weight = _canary_weight(canary, rollout.canary_step)
-        step.want_selector(BOTH_SLOTS if weight > 0 else active)
-        if current.set_weight is not None and current.set_weight < 100:
+        if step.gateway is None:
+            step.want_selector(BOTH_SLOTS if weight > 0 else active)
+        elif current.set_weight is None:
+            step.want_selector(BOTH_SLOTS, weight=weight)  # a pause holds the weight in force
+        elif not _gateway_weight_step(step, rollout, active, position, weight):
+            return None
+        if step.gateway is not None and current.set_weight is not None:
+            pass  # sized and routed above
+        elif current.set_weight is not None and current.set_weight < 100:
             if current.set_weight > 50:
                 rollout = _keep_stable_size(step, rollout)  # before the stable slot shrinks
             stable_n, candidate_n = replicas_for_weight(step.full_size(rollout), current.set_weight)
@@ -604,6 +706,40 @@ def _canary(step: _Step, rollout: Rollout, active: str) -> Rollout | None:
     return _advance(step, rollout, "Analysing")
 
 
+def gateway_candidate_replicas(replicas: int, weight: int) -> int:
+    """Gateway API canary: the candidate's pods for an exact ``weight`` of a slot of ``replicas``, at
+    least one (rounded up: no candidate pod carries more than a stable pod does)."""
+    return max(1, -(-replicas * min(max(weight, 0), 100) // 100))
+
+
+def _gateway_weight_step(step: _Step, rollout: Rollout, active: str, position: str, weight: int) -> bool:
+    """A setWeight step with Gateway API: the candidate is sized for its share (the stable slot keeps
+    its size: a revert lands on it whole), the route moves to the exact weight once those pods are
+    ready (until then it keeps the previous weight), and the step is done once the route's parents
+    accepted it. True when done."""
+    spec, canary = step.spec, step.spec.strategy.canary
+    previous = _canary_weight(canary, rollout.canary_step - 1) if rollout.canary_step > 0 else 0
+    step.serve(active, spec.serving.replicas)
+    candidate = step.observed.slot(rollout.slot)
+    ready = candidate.fully_ready(rollout.revision) and \
+        candidate.replicas >= gateway_candidate_replicas(step.full_size(rollout), weight)
+    step.want_selector(BOTH_SLOTS, weight=weight if ready else previous)
+    waiting = None if ready else f"scaling for weight {weight}%"
+    waiting = waiting or step.route_settled()
+    if waiting is None:
+        return True
+    deadline = parse_time(rollout.step_started_at) + timedelta(seconds=spec.checks.progress_deadline_seconds)
+    if step.now >= deadline:
+        _revert(step, rollout, "ProgressDeadlineExceeded",
+                f"canary {position} (setWeight {weight}) did not take effect within "
+                f"{spec.checks.progress_deadline_seconds}s: {waiting}")
+        return False
+    step.wake_at(min(deadline, step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS)))
+    reason = "Canary" if not ready else "RouteNotAccepted"
+    step.condition("Progressing", True, reason, f"canary {position}: {waiting}")
+    return False
+
+
 def _analyse(step: _Step, rollout: Rollout, active: str) -> None:
     """Traffic on the candidate alone, the old slot at full size, checks running; then promote."""
     spec, revision = step.spec, rollout.revision
@@ -618,7 +754,7 @@ def _analyse(step: _Step, rollout: Rollout, active: str) -> None:
         if not candidate.fully_ready(revision) or candidate.replicas < _candidate_replicas(step, rollout):
             canary = spec.strategy.canary
             if canary is not None and _canary_weight(canary, len(canary.steps)) > 0:
-                step.want_selector(BOTH_SLOTS)  # the last canary split holds while the candidate grows
+                step.want_selector(BOTH_SLOTS, weight=_canary_weight(canary, len(canary.steps)))  # the last canary split holds while the candidate grows
             step.condition("Progressing", True, "Analysing", f"scaling slot {rollout.slot} to full size")
             step.wake_at(step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS))
             return
@@ -630,6 +766,11 @@ def _analyse(step: _Step, rollout: Rollout, active: str) -> None:
         # Analysis counts once traffic has really moved: look again right after the switch.
         step.condition("Progressing", True, "Analysing", f"switching traffic to slot {rollout.slot}")
         step.wake_ups.append(0.0)
+        return
+    waiting = step.route_settled()
+    if waiting is not None:
+        step.condition("Progressing", True, "RouteNotAccepted", f"switching traffic to slot {rollout.slot}: {waiting}")
+        step.wake_at(step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS))
         return
     if "promote" in step.requested:
         _promote(step, rollout, active, "PromotedManually")
@@ -678,6 +819,8 @@ def _candidate_replicas(step: _Step, rollout: Rollout) -> int:
         weight = _canary_weight(canary, rollout.canary_step)
     else:  # before traffic: enough pods for the first weight, and at least one to validate
         weight = next((s.set_weight for s in canary.steps if s.set_weight), 100)
+    if step.gateway is not None:
+        return gateway_candidate_replicas(replicas, weight)
     return max(1, replicas_for_weight(replicas, min(weight, 100))[1])
 
 
@@ -756,7 +899,7 @@ def _revert(step: _Step, rollout: Rollout, reason: str, message: str) -> None:
     """Traffic back to stable first, then stable's replicas; the failed slot stays for inspection."""
     active = step.status.active_slot or FIRST_SLOT
     step.actions = [a for a in step.actions if not isinstance(
-        a, (ApplyDeployment, HandOverReplicas, ScaleDeployment, DeleteAutoscaler, SwitchTraffic))]
+        a, (ApplyDeployment, HandOverReplicas, ScaleDeployment, DeleteAutoscaler, SwitchTraffic, ApplyRoute))]
     step.autoscaled.clear()
     step.want_selector(active)
     step.serve(active, step.spec.serving.replicas)  # with autoscaling: its autoscaler, never removed
@@ -848,9 +991,42 @@ def _report_slots_and_traffic(step: _Step) -> None:
     }
     # What the cluster routes by now, not what this pass is about to write: a switch shows in the
     # status once the watches have shown it (the next pass), and a write that did not take never does.
+    if step.gateway is not None:
+        _report_route_traffic(step, slots)
+        return
     traffic = traffic_shares(observed.cluster_selector, observed)
     summary = ", ".join(f"{slot} {share}%" for slot, share in traffic.items() if share) or None
     step.update(slots=slots, traffic=traffic, traffic_summary=summary)
+
+
+def route_summary(body: Mapping) -> str:
+    """'blue 80%, green 20%' (+ ', mirror 20% to green') of a rendered route."""
+    from .observe import summarise_route  # noqa: PLC0415 - observe imports render only
+    route = summarise_route(body)
+    text = ", ".join(f"{slot} {weight}%" for slot, weight in route.weights.items() if weight) or "no slot"
+    return text + (f", mirror {route.mirror[1]}% to {route.mirror[0]}" if route.mirror else "")
+
+
+def _report_route_traffic(step: _Step, slots: dict) -> None:
+    """Gateway API: status.traffic is the weights of the route as watched, and only once every parent
+    has accepted that generation of it (Accepted and ResolvedRefs); until then nothing is claimed."""
+    route = step.observed.cluster_route
+    if route is not None and route.accepted:
+        traffic = {slot: int(route.weights.get(slot, 0)) for slot in SLOTS}
+        summary = ", ".join(f"{slot} {share}%" for slot, share in traffic.items() if share) or "no slot"
+        if route.mirror:
+            summary += f", mirror {route.mirror[1]}% to {route.mirror[0]}"
+        step.update(slots=slots, traffic=traffic, traffic_summary=summary)
+        step.condition("RouteAccepted", True, "Accepted", f"HTTPRoute {step.endpoint.name} generation "
+                       f"{route.generation} is accepted by every parent")
+        return
+    if route is None or route.not_accepted is None:
+        message = f"HTTPRoute {step.endpoint.name} is not there yet"
+    else:
+        message = (f"parent {', '.join(route.not_accepted)} has not accepted HTTPRoute {step.endpoint.name} "
+                   f"generation {route.generation}")
+    step.update(slots=slots, traffic={}, traffic_summary="route not accepted")
+    step.condition("RouteAccepted", False, "NotAccepted", message)
 
 
 def traffic_shares(selector: Mapping[str, str] | None, observed: Observed) -> dict[str, int]:

@@ -31,7 +31,8 @@ from .checks.runner import CheckRunner
 from .client_config import build_api_client, connection_info, load_configuration
 from .cluster import Cluster
 from .loops import EndpointLoop, EndpointLoops, Key
-from .observe import summarise_autoscaler, summarise_deployment, summarise_disruption_budget, summarise_pod
+from .observe import (summarise_autoscaler, summarise_deployment, summarise_disruption_budget, summarise_pod,
+                      summarise_route)
 from .reconciler import EndpointGone, EndpointReconciler, ObservedSources
 from .render import LABEL_ENDPOINT, LABEL_MANAGED_BY, MANAGED_BY
 
@@ -40,7 +41,8 @@ OWNED = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_ENDPOINT: kopf.PRESENT}
 # are client-side: without this, the operator would receive and keep every Pod of the cluster).
 OWNED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ENDPOINT}"
 OWNED_RESOURCES = (("apps", "v1", "deployments"), ("v1", "pods"), ("v1", "services"),
-                   ("autoscaling", "v2", "horizontalpodautoscalers"), ("policy", "v1", "poddisruptionbudgets"))
+                   ("autoscaling", "v2", "horizontalpodautoscalers"), ("policy", "v1", "poddisruptionbudgets"),
+                   ("gateway.networking.k8s.io", "v1", "httproutes"))
 # Put on every endpoint by slotkeeper 0.1.0 (a kopf daemon's finalizer); removed where still found.
 LEGACY_FINALIZER = f"{GROUP}/finalizer"
 MAX_BACKOFF_SECONDS = 60.0
@@ -133,6 +135,15 @@ async def slot_disruption_budgets(namespace: str, labels: kopf.Labels, body: kop
     return {(namespace, labels[LABEL_ENDPOINT]): summarise_disruption_budget(body)}
 
 
+# HTTPRoutes (Gateway API) only where the cluster serves them: on a cluster without the CRDs kopf
+# logs "Unresolved resources" once and watches nothing (an index on it stays empty and blocks
+# nothing); cluster-wide, kopf notices the CRD appearing and starts watching it then.
+@kopf.index("gateway.networking.k8s.io", "v1", "httproutes", labels=OWNED)
+async def endpoint_routes(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_ENDPOINT]): summarise_route(body)}
+
+
+@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=OWNED)
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 @kopf.on.event("", "v1", "pods", labels=OWNED)
 @kopf.on.event("", "v1", "services", labels=OWNED)
@@ -146,7 +157,7 @@ async def owned_object_changed(namespace: str, labels: kopf.Labels, memo: kopf.M
 async def endpoint_changed(
     type: str | None, name: str, namespace: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
     slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index,
-    slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index, **_: Any,
+    slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index, endpoint_routes: kopf.Index, **_: Any,
 ) -> None:
     key = (namespace, name)
     finalizers = list(meta.get("finalizers") or [])
@@ -158,7 +169,7 @@ async def endpoint_changed(
 
     async def run(key: Key, loop: EndpointLoop) -> None:
         await reconcile_endpoint(key, loop, memo, slot_deployments, slot_pods, endpoint_services,
-                                 slot_autoscalers, slot_disruption_budgets)
+                                 slot_autoscalers, slot_disruption_budgets, endpoint_routes)
 
     memo.loops.seen(key, body, run)
 
@@ -169,7 +180,7 @@ async def endpoint_changed(
 async def reconcile_endpoint(
     key: Key, loop: EndpointLoop, memo: kopf.Memo,
     slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index,
-    slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index,
+    slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index, endpoint_routes: kopf.Index | None = None,
 ) -> None:
     namespace, name = key
     reconciler = EndpointReconciler(
@@ -187,6 +198,7 @@ async def reconcile_endpoint(
             services=dict(endpoint_services.get(key, [])),
             autoscalers=list(slot_autoscalers.get(key, [])),
             disruption_budgets=list(slot_disruption_budgets.get(key, [])),
+            routes=list(endpoint_routes.get(key, [])) if endpoint_routes is not None else [],
         )
         delay = await _reconcile_pass(reconciler, loop.body, sources, backoff)
         if delay is None:

@@ -6,6 +6,7 @@ HorizontalPodAutoscalers and PodDisruptionBudgets the operator owns, fed by watc
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -105,6 +106,23 @@ class SlotObservation:
         return None
 
 
+@dataclass(frozen=True)
+class RouteSummary:
+    """The endpoint's HTTPRoute as watched: what slotkeeper applied (its config hash), the weights and
+    mirror it holds, and which of its parents have not accepted this generation of it."""
+    config: str | None
+    weights: Mapping[str, int] = field(default_factory=dict)  # slot -> weight
+    mirror: tuple[str, int] | None = None  # (slot, percent)
+    generation: int | None = None
+    # Parents (by name) without Accepted=True and ResolvedRefs=True at this generation; None: not
+    # known yet (a route just applied, not shown by the watch).
+    not_accepted: tuple[str, ...] | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.not_accepted == ()
+
+
 _SAME = object()  # shown_selector's default: the watches showed what endpoint_selector says
 
 
@@ -117,9 +135,18 @@ class Observed:
     # switch is written but not yet seen (recent_writes.py): decisions use endpoint_selector so they
     # never switch twice, status.traffic reports this one, what the cluster really routes by.
     shown_selector: Any = _SAME
+    # The endpoint's HTTPRoute (Gateway API), as decisions see it (with our own writes laid over it),
+    # and as the watches last showed it (what status.traffic reports).
+    route: RouteSummary | None = None
+    shown_route: Any = _SAME
+    gateway_api_missing: bool = False  # the cluster does not serve HTTPRoutes
 
     def slot(self, name: str) -> SlotObservation:
         return self.slots.get(name) or SlotObservation(deployment=None)
+
+    @property
+    def cluster_route(self) -> RouteSummary | None:
+        return self.route if self.shown_route is _SAME else self.shown_route
 
     @property
     def cluster_selector(self) -> Mapping[str, str] | None:
@@ -132,7 +159,12 @@ class Observed:
         shown = self.cluster_selector
         same = (None if selector is None else dict(selector)) == (None if shown is None else dict(shown))
         return Observed(slots=slots, endpoint_selector=selector, slot_services=slot_services,
-                        shown_selector=_SAME if same else shown)
+                        shown_selector=_SAME if same else shown, route=self.route, shown_route=self.shown_route,
+                        gateway_api_missing=self.gateway_api_missing)
+
+    def expecting_route(self, route: RouteSummary) -> Observed:
+        """This world with a route write the watches have not shown yet."""
+        return dataclasses.replace(self, route=route, shown_route=self.cluster_route)
 
 
 def summarise_deployment(body: Mapping[str, Any]) -> DeploymentSummary:
@@ -209,6 +241,7 @@ def observe_endpoint(
     slot_services: Iterable[str],
     autoscalers: Iterable[AutoscalerSummary] = (),
     disruption_budgets: Iterable[DisruptionBudgetSummary] = (),
+    route: RouteSummary | None = None,
 ) -> Observed:
     by_slot = {d.slot: d for d in deployments}
     hpas = {a.slot: a for a in autoscalers}
@@ -219,4 +252,44 @@ def observe_endpoint(
                               autoscaler=hpas.get(slot), disruption_budget=pdbs.get(slot))
         for slot in {*by_slot, *hpas, *pdbs}
     }
-    return Observed(slots=slots, endpoint_selector=endpoint_selector, slot_services=frozenset(slot_services))
+    return Observed(slots=slots, endpoint_selector=endpoint_selector, slot_services=frozenset(slot_services),
+                    route=route)
+
+
+def _parent_key(ref: Mapping[str, Any], namespace: str | None) -> tuple:
+    return (ref.get("group", "gateway.networking.k8s.io"), ref.get("kind", "Gateway"), ref.get("name"),
+            ref.get("namespace") or namespace, ref.get("sectionName"), ref.get("port"))
+
+
+def summarise_route(body: Mapping[str, Any]) -> RouteSummary:
+    """The route's weights and mirror by slot, and its parents' verdict on this generation: a parent
+    has accepted it when its entry in status.parents has Accepted and ResolvedRefs True, both observed
+    at the route's metadata.generation (a gateway that has not caught up with a patch has not accepted it)."""
+    meta, spec, status = body.get("metadata", {}), body.get("spec") or {}, body.get("status") or {}
+    namespace = meta.get("namespace")
+    rules = spec.get("rules") or [{}]
+    weights: dict[str, int] = {}
+    mirror = None
+    for ref in rules[0].get("backendRefs") or []:
+        weights[str(ref.get("name", "")).rsplit("-", 1)[-1]] = int(ref.get("weight", 1))
+    for rule_filter in rules[0].get("filters") or []:
+        if rule_filter.get("type") == "RequestMirror":
+            requested = rule_filter.get("requestMirror") or {}
+            percent = requested.get("percent")
+            if percent is None and requested.get("fraction"):
+                fraction = requested["fraction"]
+                percent = 100 * int(fraction.get("numerator", 0)) // int(fraction.get("denominator", 100))
+            mirror = (str((requested.get("backendRef") or {}).get("name", "")).rsplit("-", 1)[-1],
+                      100 if percent is None else int(percent))
+    generation = meta.get("generation")
+    verdicts = {}
+    for parent in status.get("parents") or []:
+        conditions = {c.get("type"): c for c in parent.get("conditions") or []}
+        verdicts[_parent_key(parent.get("parentRef") or {}, namespace)] = all(
+            (conditions.get(kind) or {}).get("status") == "True"
+            and (generation is None or (conditions.get(kind) or {}).get("observedGeneration") == generation)
+            for kind in ("Accepted", "ResolvedRefs"))
+    not_accepted = tuple(str(ref.get("name")) for ref in spec.get("parentRefs") or []
+                         if not verdicts.get(_parent_key(ref, namespace)))
+    return RouteSummary(config=(meta.get("annotations") or {}).get(ANNOTATION_CONFIG), weights=weights,
+                        mirror=mirror, generation=generation, not_accepted=not_accepted)

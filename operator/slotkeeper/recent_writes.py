@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
-                      DeleteAutoscaler, ScaleDeployment, SwitchTraffic)
+                      ApplyRoute, DeleteAutoscaler, ScaleDeployment, SwitchTraffic)
 from .observe import (DEFAULT_REPLICAS, AutoscalerSummary, DeploymentSummary, DisruptionBudgetSummary, Observed,
+                      RouteSummary, summarise_route,
                       summarise_autoscaler, summarise_deployment, summarise_disruption_budget)
 
 EXPIRY_SECONDS = 30.0
@@ -31,6 +32,7 @@ class RecentWrites:
     # slot -> the autoscaler applied (None: deleted); slot -> the disruption budget applied
     autoscalers: dict[str, tuple[AutoscalerSummary | None, float]] = field(default_factory=dict)
     disruption_budgets: dict[str, tuple[DisruptionBudgetSummary, float]] = field(default_factory=dict)
+    route: tuple[RouteSummary, float] | None = None  # the HTTPRoute applied (acceptance not known yet)
 
     def remember(self, endpoint: str, action: Action, observed: Observed) -> None:
         now = self.clock()
@@ -60,6 +62,9 @@ class RecentWrites:
             self.deployments[action.slot] = (revision, action.replicas, applied and before == action.replicas, now)
         elif isinstance(action, SwitchTraffic):
             self.selector = (dict(action.selector), now)
+        elif isinstance(action, ApplyRoute):
+            applied = summarise_route(action.body)
+            self.route = (RouteSummary(config=applied.config, weights=applied.weights, mirror=applied.mirror), now)
         elif isinstance(action, CreateService):
             name = action.body["metadata"]["name"]
             if name == endpoint:
@@ -107,7 +112,15 @@ class RecentWrites:
                 del self.services[slot]
             else:
                 services.add(slot)
-        return observed.expecting(slots, selector, frozenset(services))
+        expected = observed.expecting(slots, selector, frozenset(services))
+        if self.route is not None:
+            route, at = self.route
+            seen = observed.route
+            if now - at > EXPIRY_SECONDS or (seen is not None and seen.config == route.config):
+                self.route = None
+            else:
+                expected = expected.expecting_route(route)
+        return expected
 
 
 def _expected(slot: str, seen: DeploymentSummary | None, revision: str | None, replicas: int,

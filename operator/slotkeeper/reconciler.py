@@ -17,17 +17,19 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from .api import ModelEndpointSpec, ModelEndpointStatus
-from .cluster import Cluster, merge_patch
+from .cluster import Cluster, GatewayAPIMissing, merge_patch
 from .conditions import set_condition
 from .clock import format_time
 from .checks.runner import CheckRunner
 from .decide import Endpoint, Gates, decide_next_step
 from .observe import (AutoscalerSummary, DeploymentSummary, DisruptionBudgetSummary, Observed, PodSummary,
-                      observe_endpoint)
+                      RouteSummary, observe_endpoint)
 from .recent_writes import RecentWrites
 
 # With nothing under way, look again this rarely (level-triggered safety net; it costs no API call).
 IDLE_RESYNC_SECONDS = 600.0
+# An endpoint that wants an HTTPRoute on a cluster without the Gateway API looks again this often.
+GATEWAY_API_RETRY_SECONDS = 60.0
 STATUS_KEYS = frozenset(field.alias or name for name, field in ModelEndpointStatus.model_fields.items())
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class ObservedSources:
     services: Mapping[str, Mapping[str, str]]  # Service name -> selector
     autoscalers: Iterable[AutoscalerSummary] = ()
     disruption_budgets: Iterable[DisruptionBudgetSummary] = ()
+    routes: Iterable[RouteSummary] = ()  # the endpoint's HTTPRoute (Gateway API), when the cluster has one
 
 
 def spec_error(error: ValidationError) -> str:
@@ -125,6 +128,9 @@ class EndpointReconciler:
                 await self._report_invalid_spec(meta, current_status, f"the API refused an object rendered from "
                                                                       f"the spec: {api_message(error)}")
                 return IDLE_RESYNC_SECONDS
+            except GatewayAPIMissing as error:
+                await self._report_gateway_api_missing(meta, current_status, str(error))
+                return GATEWAY_API_RETRY_SECONDS
             self.recent_writes.remember(self.name, action, observed)
             self.writes_done += 1
         await self._write_status(current_status, decision.status.to_api())
@@ -139,6 +145,7 @@ class EndpointReconciler:
             slot_services=[name[len(self.name) + 1:] for name in services if name != self.name],
             autoscalers=sources.autoscalers,
             disruption_budgets=sources.disruption_budgets,
+            route=next(iter(sources.routes), None),
         )
 
     async def _write_status(self, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -156,6 +163,22 @@ class EndpointReconciler:
         self.written_status = {**old, **new}
         for key in owned_old.keys() - new.keys():
             self.written_status.pop(key, None)
+
+    async def _report_gateway_api_missing(self, meta: Mapping[str, Any], old: dict[str, Any], cause: str) -> None:
+        """spec.traffic.gatewayAPI on a cluster without the Gateway API CRDs: say so and keep what runs."""
+        status = ModelEndpointStatus.model_validate(old)
+        now = format_time(self.clock())
+        generation = meta.get("generation")
+        message = (f"spec.traffic.gatewayAPI needs the Gateway API CRDs (HTTPRoute, gateway.networking.k8s.io/v1): "
+                   f"{cause}; install them, or remove spec.traffic.gatewayAPI")
+        conditions = list(status.conditions)
+        for type_, value in (("Degraded", True), ("Progressing", False), ("RouteAccepted", False)):
+            conditions = set_condition(conditions, type_, value, "GatewayAPIMissing", message, now, generation)
+        new_status = status.model_copy(update={"phase": "Degraded", "observed_generation": generation,
+                                               "conditions": conditions})
+        if new_status != status:
+            self.post_event(type="Warning", reason="GatewayAPIMissing", message=message)
+        await self._write_status(old, new_status.to_api())
 
     async def _report_invalid_spec(self, meta: Mapping[str, Any], old: dict[str, Any], message: str) -> None:
         """Only the operator can tell: keep whatever runs, say which field is wrong, create nothing."""

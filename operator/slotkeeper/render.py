@@ -290,3 +290,49 @@ def render_keys_secret(owner: dict[str, Any], name: str, keys: dict[str, str]) -
         "type": "Opaque",
         "data": {key: base64.b64encode(value.encode()).decode() for key, value in keys.items()},
     }
+
+
+# ------------------------------------------------------------------------------- Gateway API
+
+HTTPROUTE_API_VERSION = "gateway.networking.k8s.io/v1"
+
+
+def render_http_route(owner: dict[str, Any], traffic: Any, weights: dict[str, int],
+                      mirror: tuple[str, int] | None = None) -> dict[str, Any]:
+    """The endpoint's HTTPRoute (``traffic`` is the spec's GatewayAPITraffic): one rule sending to both
+    slot Services with exact ``weights`` (percent; a slot at 0 gets no request), and, with ``mirror``
+    (slot, percent), a RequestMirror filter copying that share of the requests to the slot's Service
+    (the gateway discards the copy's answer). Named like the endpoint, owned by it."""
+    endpoint = owner["metadata"]["name"]
+    parents = []
+    for parent in traffic.parent_refs:
+        ref: dict[str, Any] = {"group": parent.group, "kind": parent.kind, "name": parent.name}
+        if parent.namespace is not None:
+            ref["namespace"] = parent.namespace
+        if parent.section_name is not None:
+            ref["sectionName"] = parent.section_name
+        if parent.port is not None:
+            ref["port"] = parent.port
+        parents.append(ref)
+    rule: dict[str, Any] = {
+        "backendRefs": [{"group": "", "kind": "Service", "name": slot_object_name(endpoint, slot),
+                         "port": SERVICE_PORT, "weight": int(weights.get(slot, 0))}
+                        for slot in ("blue", "green")],
+    }
+    if traffic.path_prefix is not None:
+        rule["matches"] = [{"path": {"type": "PathPrefix", "value": traffic.path_prefix}}]
+    if mirror is not None:
+        slot, percent = mirror
+        rule["filters"] = [{"type": "RequestMirror", "requestMirror": {
+            "backendRef": {"group": "", "kind": "Service", "name": slot_object_name(endpoint, slot),
+                           "port": SERVICE_PORT},
+            "percent": percent}}]
+    spec: dict[str, Any] = {"parentRefs": parents, "rules": [rule]}
+    if traffic.hostnames:
+        spec["hostnames"] = list(traffic.hostnames)
+    return _with_config({
+        "apiVersion": HTTPROUTE_API_VERSION,
+        "kind": "HTTPRoute",
+        "metadata": _metadata(owner, endpoint, _labels(endpoint)),
+        "spec": spec,
+    })

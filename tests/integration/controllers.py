@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import kmock
+import yaml
 from kmock_cluster import DEPLOYMENTS, HPAS, PODS, SERVICES, Kube, KubeAPIError, match_selector
 
 SLOT = "slotkeeper.io/slot"
@@ -153,3 +156,73 @@ def selected_shares(k8s: Kube, service: str, namespace: str = "default") -> dict
     if not total:
         return {slot: 0 for slot in ready}
     return {slot: (200 * n + total) // (2 * total) for slot, n in ready.items()}
+
+
+HTTPROUTES = kmock.resource('gateway.networking.k8s.io/v1/httproutes')
+GATEWAY_API_DIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "gateway-api"
+
+
+def install_gateway_api(emulator: Any) -> None:
+    """The upstream Gateway API CRDs (v1.6.1, standard channel) installed in the API double, as
+    ``kubectl apply -f`` would: HTTPRoutes become a served resource with the upstream schema."""
+    for path in sorted(GATEWAY_API_DIR.glob("gateway.networking.k8s.io_*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition":
+                emulator.install_crd(doc)
+
+
+class GatewayController:
+    """Plays a Gateway API implementation (a Gateway's or a mesh's controller): for every HTTPRoute of
+    the namespace it writes ``status.parents`` with Accepted and ResolvedRefs for the route's current
+    generation, through the API (so the operator sees it as a watch event). ``accepting = False``
+    leaves new generations unanswered; ``refusing`` names parents that answer Accepted=False."""
+
+    def __init__(self, k8s: Kube, namespace: str = "default", period: float = 0.02) -> None:
+        self.k8s, self.namespace, self.period = k8s, namespace, period
+        self.accepting = True
+        self.refusing: set[str] = set()
+
+    async def sync_once(self) -> None:
+        if not self.accepting:
+            return
+        for route in self.k8s.objects(HTTPROUTES, namespace=self.namespace):
+            generation = route["metadata"].get("generation")
+            parents = []
+            for ref in route["spec"].get("parentRefs") or []:
+                ok = "True" if ref["name"] not in self.refusing else "False"
+                conditions = [{"type": kind, "status": ok, "reason": kind if ok == "True" else "NotAllowedByListeners",
+                               "message": "", "observedGeneration": generation,
+                               "lastTransitionTime": "2026-11-21T12:00:00Z"} for kind in ("Accepted", "ResolvedRefs")]
+                parents.append({"parentRef": ref, "controllerName": "example.com/gateway-controller",
+                                "conditions": conditions})
+            if (route.get("status") or {}).get("parents") != parents:
+                try:
+                    await self.k8s.patch(HTTPROUTES, route["metadata"]["name"], {"status": {"parents": parents}},
+                                         namespace=self.namespace, subresource="status")
+                except KubeAPIError as error:
+                    if error.status not in (404, 409):
+                        raise
+
+    async def run(self) -> None:
+        while True:
+            await self.sync_once()
+            await asyncio.sleep(self.period)
+
+
+@contextlib.asynccontextmanager
+async def gateway_controller(k8s: Kube, namespace: str = "default") -> AsyncIterator[GatewayController]:
+    controller = GatewayController(k8s, namespace)
+    task = asyncio.create_task(controller.run(), name="fake-gateway-controller")
+    try:
+        yield controller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def route_weights(k8s: Kube, name: str, namespace: str = "default") -> dict[str, int]:
+    """The weights of the route the API holds, by slot."""
+    route = k8s.peek(HTTPROUTES, name, namespace=namespace) or {"spec": {"rules": [{}]}}
+    return {ref["name"].rsplit("-", 1)[-1]: ref.get("weight", 1)
+            for ref in route["spec"]["rules"][0].get("backendRefs") or []}

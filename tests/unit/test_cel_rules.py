@@ -174,6 +174,25 @@ EXAMPLES: dict[tuple[str, str], tuple[list[dict[str, Any]], list[dict[str, Any]]
 }
 
 
+def parents(*refs: dict[str, Any]) -> dict[str, Any]:
+    return at("traffic", {"gatewayAPI": {"parentRefs": list(refs)}})
+
+
+GATEWAY = {"name": "public"}
+MESH = {"group": "", "kind": "Service", "name": "credit"}
+EXAMPLES.update({
+    ("spec.traffic.gatewayAPI.parentRefs[*]", 'a Service parent is in the core group: group ""'): (
+        [parents(MESH), parents(GATEWAY), parents(GATEWAY, {**MESH, "port": 80})],
+        [parents({**MESH, "group": "gateway.networking.k8s.io"}), parents({"kind": "Service", "name": "credit"}),
+         parents(GATEWAY, {**MESH, "group": "core"})],
+    ),
+    ("spec.traffic.gatewayAPI.parentRefs[*]", "a Gateway parent is in the group gateway.networking.k8s.io"): (
+        [parents(GATEWAY), parents({**GATEWAY, "kind": "Gateway", "group": "gateway.networking.k8s.io"}),
+         parents(MESH)],
+        [parents({**GATEWAY, "group": ""}), parents(MESH, {**GATEWAY, "group": "networking.istio.io"})],
+    ),
+})
+
 def nodes_at(obj: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
     """The values at a rule path ('spec.checks.metrics[*]') in ``obj``, with their concrete paths."""
     found: list[tuple[str, Any]] = [("", obj)]

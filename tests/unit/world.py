@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from slotkeeper.actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
+from slotkeeper.actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute, CreateService,
                                 DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from slotkeeper.api import ModelEndpointSpec, ModelEndpointStatus
 from slotkeeper.decide import Decision, Endpoint, Gates, decide_next_step
 from slotkeeper.observe import (PodSummary, observe_endpoint, summarise_autoscaler, summarise_deployment,
-                                summarise_disruption_budget)
+                                summarise_disruption_budget, summarise_route)
 from slotkeeper.render import LABEL_SLOT
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=timezone.utc)
@@ -45,6 +45,9 @@ class World:
     handovers: list[tuple[str, int]] = field(default_factory=list)
     resets: list[str] = field(default_factory=list)  # slots whose replicas an apply reset to 1 (the SSA trap)
     co_owned: set[str] = field(default_factory=set)  # slots whose replicas another manager owns too
+    route: dict | None = None  # the endpoint's HTTPRoute (Gateway API), as the apiserver holds it
+    route_writes: list[dict] = field(default_factory=list)  # every route body the operator applied
+    gateway_accepts: bool = True  # settle(): the Gateway controller accepts each new route generation
 
     def endpoint(self) -> Endpoint:
         return Endpoint(name="credit", namespace="ml", uid="uid-1", generation=self.generation,
@@ -59,6 +62,7 @@ class World:
             slot_services=[name.rsplit("-", 1)[1] for name in self.services if name != "credit"],
             autoscalers=[summarise_autoscaler(a) for a in self.autoscalers.values()],
             disruption_budgets=[summarise_disruption_budget(b) for b in self.disruption_budgets.values()],
+            route=summarise_route(self.route) if self.route is not None else None,
         )
 
     def decide(self, gates: Gates = Gates()) -> Decision:
@@ -126,6 +130,14 @@ class World:
         elif isinstance(action, SwitchTraffic):
             self.services["credit"]["spec"]["selector"] = dict(action.selector)
             self.switches += 1
+        elif isinstance(action, ApplyRoute):
+            body = copy.deepcopy(action.body)
+            old = self.route
+            generation = 1 if old is None else old["metadata"]["generation"] + (old["spec"] != body["spec"])
+            body["metadata"]["generation"] = generation
+            body["status"] = {} if old is None else old.get("status", {})
+            self.route = body
+            self.route_writes.append(copy.deepcopy(action.body))
         elif isinstance(action, EmitEvent):
             self.events.append(action)
 
@@ -134,6 +146,21 @@ class World:
         replicas = deployment["spec"]["replicas"] if ready is None else ready
         deployment["status"] = {"replicas": replicas, "readyReplicas": replicas,
                                 "updatedReplicas": replicas, "availableReplicas": replicas}
+
+    def accept_route(self, accepted: bool = True, resolved: bool = True) -> None:
+        """The Gateway controller's verdict on the route's current generation, for every parent."""
+        generation = self.route["metadata"]["generation"]
+        def condition(kind: str, ok: bool) -> dict:
+            return {"type": kind, "status": "True" if ok else "False", "observedGeneration": generation,
+                    "reason": kind if ok else "NotAllowedByListeners", "message": "",
+                    "lastTransitionTime": "2026-11-21T12:00:00Z"}
+        self.route["status"] = {"parents": [
+            {"parentRef": parent, "controllerName": "example.com/gateway",
+             "conditions": [condition("Accepted", accepted), condition("ResolvedRefs", resolved)]}
+            for parent in self.route["spec"]["parentRefs"]]}
+
+    def route_weights(self) -> dict[str, int]:
+        return dict(summarise_route(self.route).weights)
 
     def hpa_scales(self, slot: str, replicas: int | None = None) -> None:
         """The slot's HorizontalPodAutoscaler sets its replicas, as the controller would: to ``replicas``
@@ -185,6 +212,8 @@ class World:
             for slot in list(self.deployments):
                 if not any(p.slot == slot and p.failure for p in self.pods):
                     self.make_ready(slot)
+            if self.route is not None and self.gateway_accepts:
+                self.accept_route()
             if not self.step().actions:
                 return
         raise AssertionError("did not settle")
