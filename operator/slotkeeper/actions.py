@@ -90,5 +90,13 @@ class CreateKeysSecret:
     owner_uid: str  # the ModelEndpoint's: the Secret goes with it
 
 
+@dataclass(frozen=True)
+class CreateJob:
+    """Create the quality monitor's Job (batch/v1) with its deterministic name; a 409 means it was
+    made already (a pass that crashed before its status write) and is the expected answer then."""
+    body: dict[str, Any]
+
+
 Action = (ApplyDeployment | ScaleDeployment | HandOverReplicas | ApplyAutoscaler | DeleteAutoscaler
-          | ApplyDisruptionBudget | CreateService | SwitchTraffic | ApplyRoute | EmitEvent | CreateKeysSecret)
+          | ApplyDisruptionBudget | CreateService | SwitchTraffic | ApplyRoute | EmitEvent | CreateKeysSecret
+          | CreateJob)

@@ -552,6 +552,42 @@ class Checks(ApiModel):
     )
 
 
+class MonitorJob(ApiModel):
+    """The Job the operator creates once per degradation episode (e.g. the team's retraining pipeline)."""
+
+    spec: dict[str, Any] = Field(
+        json_schema_extra=FREE_FORM,
+        description="A batch/v1 JobSpec (template, backoffLimit, ttlSecondsAfterFinished, ...). The operator "
+                    "names the Job <name>-retrain-<revision>-<episode start>, labels it with the endpoint and the "
+                    "revision, owns it, and fills restricted Pod Security defaults the template leaves out "
+                    "(runAsNonRoot, seccompProfile RuntimeDefault, allowPrivilegeEscalation false, drop ALL). "
+                    "The pod gets SLOTKEEPER_ENDPOINT, SLOTKEEPER_REVISION, SLOTKEEPER_MODEL_URI and "
+                    "SLOTKEEPER_CHECK in each container's env.",
+    )
+    cooldown_seconds: int = Field(
+        3600, ge=0, le=30 * 86400,
+        description="After a Job is created, no further Job for this endpoint until this has passed.",
+    )
+
+
+class MonitorOnFailure(ApiModel):
+    job: MonitorJob | None = Field(None, description="A Job created once per degradation episode.")
+    revert_to: Literal["previous"] | None = Field(
+        None, description="previous: traffic back to the previous promoted revision, when its slot still holds it "
+                          "(see README: Quality monitor). Recorded as a revert with reason QualityDegraded.",
+    )
+
+
+class Monitor(ApiModel):
+    """Checks of the stable revision for as long as it serves, after promotion."""
+
+    checks: list[MetricCheck] = Field(
+        min_length=1, max_length=32,
+        description="As checks.metrics; {{slot}} and {{revision}} are the stable slot and revision.",
+    )
+    on_failure: MonitorOnFailure = Field(default_factory=MonitorOnFailure)
+
+
 # A Secret name is a DNS-1123 subdomain; "<endpoint>-keys" always is one (endpoint names are DNS labels).
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -613,6 +649,10 @@ class ModelEndpointSpec(ApiModel):
     traffic: Traffic | None = Field(
         None, description="How traffic is routed beyond the endpoint Service (Gateway API). Absent: the Service alone.",
     )
+    monitor: Monitor | None = Field(
+        None, description="Quality monitor: checks of the stable revision after promotion, with a Job and/or a revert "
+                          "to the previous revision when one fails. Absent: nothing is checked after promotion.",
+    )
 
 
 # -------------------------------------------------------------------------------------------- status
@@ -655,6 +695,38 @@ class CheckStatus(ApiModel):
     consecutive_inconclusive: int = 0
     last_run_time: str
     message: str = ""
+
+
+class MonitorEpisode(ApiModel):
+    """A degradation episode: from the first failing verdict past failureLimit to the next Pass."""
+    revision: str
+    check: str
+    started_at: str
+    message: str = ""
+
+
+class MonitorJobStatus(ApiModel):
+    name: str
+    revision: str
+    created: bool = Field(False, description="The create was sent (a 409 then: made already); never sent again.")
+    outcome: Literal["Pending", "Running", "Succeeded", "Failed", "Missing"] = "Pending"
+
+
+class MonitorRevert(ApiModel):
+    """A revert to the previous revision under way: its slot is scaled up, then takes traffic."""
+    from_revision: str
+    to_revision: str
+    slot: Slot
+    started_at: str
+
+
+class MonitorStatus(ApiModel):
+    revision: str | None = None
+    checks: list[CheckStatus] = Field(default_factory=list)
+    episode: MonitorEpisode | None = None
+    job: MonitorJobStatus | None = None
+    cooldown_until: str | None = None
+    revert: MonitorRevert | None = None
 
 
 class Rollout(ApiModel):
@@ -709,3 +781,4 @@ class ModelEndpointStatus(ApiModel):
         default_factory=dict, description="The last token of each manual-action annotation the operator handled.",
     )
     url: str | None = None
+    monitor: MonitorStatus | None = Field(None, description="The quality monitor of the stable revision.")

@@ -19,6 +19,8 @@ How it writes, and why (each is what the apiserver does with it, pinned by tests
   applied gets them handed over first: an apply of ``spec.replicas`` alone, at the count it has, by
   the field manager ``slotkeeper-handover`` and without ``force`` (a count that moved meanwhile is a
   409, and the next pass looks again).
+* The quality monitor's Job is **created** under a deterministic name, never patched: a 409 means
+  this episode's Job exists already.
 * An autoscaler is deleted when its slot stops serving; deleting one that is gone is no error.
 * A keyed endpoint's Secret ``<name>-keys`` is **created**, never applied or patched: a 409 means it
   exists (made earlier, rotated by ``slotkeeper regenerate-key``, or brought by the user) and it is
@@ -40,11 +42,12 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from kubernetes.client import ApiClient, AppsV1Api, AutoscalingV2Api, CoreV1Api, CustomObjectsApi, PolicyV1Api
+from kubernetes.client import (ApiClient, AppsV1Api, AutoscalingV2Api, BatchV1Api, CoreV1Api, CustomObjectsApi,
+                               PolicyV1Api)
 from kubernetes.client.exceptions import ApiException
 
 from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
-                      CreateKeysSecret, CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas,
+                      CreateJob, CreateKeysSecret, CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas,
                       ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
 from .render import KEY_NAMES, render_keys_secret, slot_object_name
@@ -82,6 +85,7 @@ class Cluster:
         self.autoscaling = AutoscalingV2Api(api_client)
         self.policy = PolicyV1Api(api_client)
         self.custom = CustomObjectsApi(api_client)
+        self.batch = BatchV1Api(api_client)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="slotkeeper-api")
 
     async def _read(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -185,6 +189,12 @@ class Cluster:
                 if error.status == 404:  # an apply creates: 404 is a resource the API does not serve
                     raise GatewayAPIMissing(f"{group}/{version} {plural} is not served by this cluster") from error
                 raise
+        elif isinstance(action, CreateJob):
+            try:
+                await self._call(self.batch.create_namespaced_job, namespace, action.body, field_manager=FIELD_MANAGER)
+            except ApiException as error:
+                if error.status != 409:  # made already (a pass that crashed before its status write)
+                    raise
         elif isinstance(action, EmitEvent):
             post_event(type=action.type, reason=action.reason, message=action.message)
         else:  # pragma: no cover - a new action type without its I/O is a programming error

@@ -36,6 +36,7 @@ from .checks.canary import actual_weight, replicas_for_weight
 from .checks.verdicts import Verdict, next_check_status, next_due, status_for, summarise_checks
 from .clock import format_time, parse_time
 from .conditions import set_condition
+from .monitor import decide_monitor
 from .observe import DEFAULT_REPLICAS, Observed
 from .render import (ANNOTATION_CONFIG, LABEL_SLOT, NO_SLOT, endpoint_url, render_endpoint_service,
                      render_http_route, render_slot_autoscaler, render_slot_deployment, render_slot_disruption_budget,
@@ -77,6 +78,7 @@ class Gates:
     """What the cluster layer measured for the candidate in this pass (it runs what is due)."""
     validation: tuple[bool, str] | None = None  # the validation requests' result, when they ran
     verdicts: Mapping[str, Verdict] = field(default_factory=dict)  # metric verdicts, by check name
+    monitor: Mapping[str, Verdict] = field(default_factory=dict)  # spec.monitor verdicts (stable revision)
 
 
 @dataclass(frozen=True)
@@ -332,6 +334,7 @@ def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gate
     else:
         _rollout(step, revision)
 
+    decide_monitor(step)
     _converge_slot_objects(step)
     _report_slots_and_traffic(step)
     _kstatus_conditions(step)

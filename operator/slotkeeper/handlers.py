@@ -31,8 +31,8 @@ from .checks.runner import CheckRunner
 from .client_config import build_api_client, connection_info, load_configuration
 from .cluster import Cluster
 from .loops import EndpointLoop, EndpointLoops, Key
-from .observe import (summarise_autoscaler, summarise_deployment, summarise_disruption_budget, summarise_pod,
-                      summarise_route)
+from .observe import (summarise_autoscaler, summarise_deployment, summarise_disruption_budget, summarise_job,
+                      summarise_pod, summarise_route)
 from .reconciler import EndpointGone, EndpointReconciler, ObservedSources
 from .render import LABEL_ENDPOINT, LABEL_MANAGED_BY, MANAGED_BY
 
@@ -42,7 +42,7 @@ OWNED = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_ENDPOINT: kopf.PRESENT}
 OWNED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ENDPOINT}"
 OWNED_RESOURCES = (("apps", "v1", "deployments"), ("v1", "pods"), ("v1", "services"),
                    ("autoscaling", "v2", "horizontalpodautoscalers"), ("policy", "v1", "poddisruptionbudgets"),
-                   ("gateway.networking.k8s.io", "v1", "httproutes"))
+                   ("gateway.networking.k8s.io", "v1", "httproutes"), ("batch", "v1", "jobs"))
 # Put on every endpoint by slotkeeper 0.1.0 (a kopf daemon's finalizer); removed where still found.
 LEGACY_FINALIZER = f"{GROUP}/finalizer"
 MAX_BACKOFF_SECONDS = 60.0
@@ -143,6 +143,13 @@ async def endpoint_routes(namespace: str, labels: kopf.Labels, body: kopf.Body, 
     return {(namespace, labels[LABEL_ENDPOINT]): summarise_route(body)}
 
 
+# The quality monitor's Jobs (spec.monitor.onFailure.job): their outcome is shown in status.
+@kopf.index("batch", "v1", "jobs", labels=OWNED)
+async def monitor_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, labels[LABEL_ENDPOINT]): summarise_job(body)}
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
 @kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=OWNED)
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 @kopf.on.event("", "v1", "pods", labels=OWNED)
@@ -157,7 +164,8 @@ async def owned_object_changed(namespace: str, labels: kopf.Labels, memo: kopf.M
 async def endpoint_changed(
     type: str | None, name: str, namespace: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
     slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index,
-    slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index, endpoint_routes: kopf.Index, **_: Any,
+    slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index, endpoint_routes: kopf.Index,
+    monitor_jobs: kopf.Index | None = None, **_: Any,
 ) -> None:
     key = (namespace, name)
     finalizers = list(meta.get("finalizers") or [])
@@ -169,7 +177,7 @@ async def endpoint_changed(
 
     async def run(key: Key, loop: EndpointLoop) -> None:
         await reconcile_endpoint(key, loop, memo, slot_deployments, slot_pods, endpoint_services,
-                                 slot_autoscalers, slot_disruption_budgets, endpoint_routes)
+                                 slot_autoscalers, slot_disruption_budgets, endpoint_routes, monitor_jobs)
 
     memo.loops.seen(key, body, run)
 
@@ -181,6 +189,7 @@ async def reconcile_endpoint(
     key: Key, loop: EndpointLoop, memo: kopf.Memo,
     slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index,
     slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index, endpoint_routes: kopf.Index | None = None,
+    monitor_jobs: kopf.Index | None = None,
 ) -> None:
     namespace, name = key
     reconciler = EndpointReconciler(
@@ -199,6 +208,7 @@ async def reconcile_endpoint(
             autoscalers=list(slot_autoscalers.get(key, [])),
             disruption_budgets=list(slot_disruption_budgets.get(key, [])),
             routes=list(endpoint_routes.get(key, [])) if endpoint_routes is not None else [],
+            jobs=list(monitor_jobs.get(key, [])) if monitor_jobs is not None else [],
         )
         delay = await _reconcile_pass(reconciler, loop.body, sources, backoff)
         if delay is None:

@@ -123,6 +123,27 @@ class RouteSummary:
         return self.not_accepted == ()
 
 
+@dataclass(frozen=True)
+class JobSummary:
+    """A quality-monitor Job the endpoint owns: its name, the revision it was made for, how it went."""
+    name: str
+    revision: str | None
+    outcome: str  # Running | Succeeded | Failed
+
+
+def summarise_job(body: Mapping[str, Any]) -> JobSummary:
+    meta, status = body.get("metadata", {}), body.get("status") or {}
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    if conditions.get("Complete") == "True" or (status.get("succeeded") or 0) > 0 and conditions.get("Failed") != "True":
+        outcome = "Succeeded"
+    elif conditions.get("Failed") == "True":
+        outcome = "Failed"
+    else:
+        outcome = "Running"
+    return JobSummary(name=meta.get("name", ""), revision=(meta.get("labels") or {}).get(LABEL_REVISION),
+                      outcome=outcome)
+
+
 _SAME = object()  # shown_selector's default: the watches showed what endpoint_selector says
 
 
@@ -140,6 +161,7 @@ class Observed:
     route: RouteSummary | None = None
     shown_route: Any = _SAME
     gateway_api_missing: bool = False  # the cluster does not serve HTTPRoutes
+    jobs: tuple[JobSummary, ...] = ()  # the quality monitor's Jobs (batch/v1)
 
     def slot(self, name: str) -> SlotObservation:
         return self.slots.get(name) or SlotObservation(deployment=None)
@@ -160,7 +182,7 @@ class Observed:
         same = (None if selector is None else dict(selector)) == (None if shown is None else dict(shown))
         return Observed(slots=slots, endpoint_selector=selector, slot_services=slot_services,
                         shown_selector=_SAME if same else shown, route=self.route, shown_route=self.shown_route,
-                        gateway_api_missing=self.gateway_api_missing)
+                        gateway_api_missing=self.gateway_api_missing, jobs=self.jobs)
 
     def expecting_route(self, route: RouteSummary) -> Observed:
         """This world with a route write the watches have not shown yet."""
@@ -242,6 +264,7 @@ def observe_endpoint(
     autoscalers: Iterable[AutoscalerSummary] = (),
     disruption_budgets: Iterable[DisruptionBudgetSummary] = (),
     route: RouteSummary | None = None,
+    jobs: Iterable[JobSummary] = (),
 ) -> Observed:
     by_slot = {d.slot: d for d in deployments}
     hpas = {a.slot: a for a in autoscalers}
@@ -253,7 +276,7 @@ def observe_endpoint(
         for slot in {*by_slot, *hpas, *pdbs}
     }
     return Observed(slots=slots, endpoint_selector=endpoint_selector, slot_services=frozenset(slot_services),
-                    route=route)
+                    route=route, jobs=tuple(jobs))
 
 
 def _parent_key(ref: Mapping[str, Any], namespace: str | None) -> tuple:

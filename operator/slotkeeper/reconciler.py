@@ -22,8 +22,8 @@ from .conditions import set_condition
 from .clock import format_time
 from .checks.runner import CheckRunner
 from .decide import Endpoint, Gates, decide_next_step
-from .observe import (AutoscalerSummary, DeploymentSummary, DisruptionBudgetSummary, Observed, PodSummary,
-                      RouteSummary, observe_endpoint)
+from .observe import (AutoscalerSummary, DeploymentSummary, DisruptionBudgetSummary, JobSummary, Observed,
+                      PodSummary, RouteSummary, observe_endpoint)
 from .recent_writes import RecentWrites
 
 # With nothing under way, look again this rarely (level-triggered safety net; it costs no API call).
@@ -44,6 +44,7 @@ class ObservedSources:
     autoscalers: Iterable[AutoscalerSummary] = ()
     disruption_budgets: Iterable[DisruptionBudgetSummary] = ()
     routes: Iterable[RouteSummary] = ()  # the endpoint's HTTPRoute (Gateway API), when the cluster has one
+    jobs: Iterable[JobSummary] = ()  # the quality monitor's Jobs
 
 
 def spec_error(error: ValidationError) -> str:
@@ -146,6 +147,7 @@ class EndpointReconciler:
             autoscalers=sources.autoscalers,
             disruption_budgets=sources.disruption_budgets,
             route=next(iter(sources.routes), None),
+            jobs=sources.jobs,
         )
 
     async def _write_status(self, old: dict[str, Any], new: dict[str, Any]) -> None:

@@ -174,6 +174,19 @@ EXAMPLES: dict[tuple[str, str], tuple[list[dict[str, Any]], list[dict[str, Any]]
 }
 
 
+def as_monitor(spec: dict[str, Any]) -> dict[str, Any]:
+    """A checks.metrics example as the same check in spec.monitor.checks (the same model, the same rules)."""
+    spec = copy.deepcopy(spec)
+    spec["monitor"] = {"checks": spec["checks"].pop("metrics")}
+    return spec
+
+
+EXAMPLES.update({
+    ("spec.monitor.checks[*]", message): ([as_monitor(s) for s in accepted], [as_monitor(s) for s in refused])
+    for (path, message), (accepted, refused) in list(EXAMPLES.items()) if path == "spec.checks.metrics[*]"
+})
+
+
 def parents(*refs: dict[str, Any]) -> dict[str, Any]:
     return at("traffic", {"gatewayAPI": {"parentRefs": list(refs)}})
 

@@ -39,6 +39,8 @@ ALLOWED = {
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
     ("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch"},
+    # The quality monitor's Job: created once per episode (409: made already), watched for its outcome.
+    ("batch", "jobs"): {"list", "watch", "create"},
     ("", "pods"): {"get", "list", "watch"},
     # Endpoint keys: create <name>-keys when missing, get one Secret when a validation request needs
     # its key. No list or watch (no Secret cache), no patch (a key is never overwritten).

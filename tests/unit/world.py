@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from slotkeeper.actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute, CreateService,
+from slotkeeper.actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute, CreateJob, CreateService,
                                 DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from slotkeeper.api import ModelEndpointSpec, ModelEndpointStatus
 from slotkeeper.decide import Decision, Endpoint, Gates, decide_next_step
-from slotkeeper.observe import (PodSummary, observe_endpoint, summarise_autoscaler, summarise_deployment,
+from slotkeeper.observe import (JobSummary, PodSummary, observe_endpoint, summarise_autoscaler, summarise_deployment,
                                 summarise_disruption_budget, summarise_route)
 from slotkeeper.render import LABEL_SLOT
 
@@ -48,6 +48,8 @@ class World:
     route: dict | None = None  # the endpoint's HTTPRoute (Gateway API), as the apiserver holds it
     route_writes: list[dict] = field(default_factory=list)  # every route body the operator applied
     gateway_accepts: bool = True  # settle(): the Gateway controller accepts each new route generation
+    jobs: dict[str, JobSummary] = field(default_factory=dict)  # the quality monitor's Jobs, by name
+    job_creates: list[dict] = field(default_factory=list)  # every Job body the operator sent (409s too)
 
     def endpoint(self) -> Endpoint:
         return Endpoint(name="credit", namespace="ml", uid="uid-1", generation=self.generation,
@@ -63,6 +65,7 @@ class World:
             autoscalers=[summarise_autoscaler(a) for a in self.autoscalers.values()],
             disruption_budgets=[summarise_disruption_budget(b) for b in self.disruption_budgets.values()],
             route=summarise_route(self.route) if self.route is not None else None,
+            jobs=list(self.jobs.values()),
         )
 
     def decide(self, gates: Gates = Gates()) -> Decision:
@@ -138,6 +141,11 @@ class World:
             body["status"] = {} if old is None else old.get("status", {})
             self.route = body
             self.route_writes.append(copy.deepcopy(action.body))
+        elif isinstance(action, CreateJob):
+            self.job_creates.append(copy.deepcopy(action.body))
+            name = action.body["metadata"]["name"]
+            self.jobs.setdefault(name, JobSummary(name=name, revision=action.body["metadata"]["labels"][
+                "slotkeeper.io/revision"], outcome="Running"))
         elif isinstance(action, EmitEvent):
             self.events.append(action)
 

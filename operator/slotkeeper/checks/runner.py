@@ -58,6 +58,53 @@ class CheckRunner:
             raise TypeError("CheckRunner takes access or slot_url, not both (InCluster(slot_url) is the access)")
 
     async def run(self, endpoint: Endpoint, observed: Observed, now: datetime) -> Gates:
+        gates = await self._run_rollout_checks(endpoint, observed, now)
+        monitor = await self.run_monitor(endpoint, observed, now)
+        return dataclasses.replace(gates, monitor=monitor) if monitor else gates
+
+    async def run_monitor(self, endpoint: Endpoint, observed: Observed, now: datetime) -> dict[str, Verdict]:
+        """spec.monitor checks that are due, against the stable revision in the active slot, while no
+        rollout is under way ({{slot}}/{{revision}}: the stable ones)."""
+        monitor, status = endpoint.spec.monitor, endpoint.status
+        revision, slot = status.stable_revision, status.active_slot
+        if monitor is None or revision is None or slot is None or status.rollout is not None:
+            self._monitor_baseline = None
+            return {}
+        previous = status.monitor.checks if status.monitor is not None and status.monitor.revision == revision else []
+        verdicts: dict[str, Verdict] = {}
+        pods_window: tuple[dict[str, float | None], str] | None = None  # one scrape serves every pods check
+        for check in monitor.checks:
+            if not due(check, status_for(previous, check.name, revision), revision, now):
+                continue
+            if check.source == "pods":
+                if pods_window is None:
+                    pods_window = await self._monitor_pods_window(endpoint, observed, slot, revision, check)
+                values, note = pods_window
+                verdict = evaluate(check, values.get(check.metric or ""))
+                verdicts[check.name] = Verdict(verdict.outcome, verdict.value,
+                                               f"{verdict.message}; {note}" if note else verdict.message)
+            else:
+                verdicts[check.name] = await self._measure(check, endpoint, slot, revision)
+        return verdicts
+
+    _monitor_baseline: tuple[tuple[str, str], float, list[PodMetrics]] | None = None
+
+    async def _monitor_pods_window(self, endpoint: Endpoint, observed: Observed, slot: str, revision: str,
+                                   check: MetricCheck) -> tuple[dict[str, float | None], str]:
+        pods = [(p.name, p.ip) for p in observed.slot(slot).pods if p.revision == revision and p.ready and p.ip]
+        if not pods:
+            return {}, f"no ready pod of revision {revision} in slot {slot}"
+        timeout = min(float(check.interval_seconds), MAX_TIMEOUT_SECONDS)
+        targets = await self.access.pod_targets(endpoint.namespace, pods, endpoint.spec.serving.port, METRICS_PATH)
+        scrape = await scrape_targets(self.session, targets, timeout)
+        key, now = (revision, slot), self.clock()
+        baseline = self._monitor_baseline
+        self._monitor_baseline = (key, now, scrape.pods)
+        if baseline is None or baseline[0] != key:
+            return {}, "first scrape of this revision: a baseline for the next window"
+        return derive(baseline[2], scrape.pods, now - baseline[1], revision=revision), scrape.message
+
+    async def _run_rollout_checks(self, endpoint: Endpoint, observed: Observed, now: datetime) -> Gates:
         rollout = endpoint.status.rollout
         if rollout is None or rollout.step not in CHECKED_STEPS:
             self._baselines.clear()
