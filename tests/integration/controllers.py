@@ -164,11 +164,13 @@ GATEWAY_API_DIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "gate
 
 def install_gateway_api(emulator: Any) -> None:
     """The upstream Gateway API CRDs (v1.6.1, standard channel) installed in the API double, as
-    ``kubectl apply -f`` would: HTTPRoutes become a served resource with the upstream schema."""
+    ``kubectl apply -f`` would: HTTPRoutes become a served resource with the upstream schema, the
+    installed CRD taking precedence over kmock's bundled untyped Gateway kinds, and every CEL rule."""
     for path in sorted(GATEWAY_API_DIR.glob("gateway.networking.k8s.io_*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc.get("kind") == "CustomResourceDefinition":
                 emulator.install_crd(doc)
+    emulator.conformant_cel_groups.add("gateway.networking.k8s.io")  # CEL rules too, not only the schema
 
 
 class GatewayController:

@@ -119,6 +119,12 @@ async def test_the_double_refuses_a_route_the_installed_httproute_crd_refuses(km
     with pytest.raises(KubeAPIError) as refused:
         await k8s.create(HTTPROUTES, route, namespace="default")
     assert refused.value.status == 422 and "requestMirror.percent" in str(refused.value)
+    # Valid by the structural schema, refused by a CEL rule of the CRD: a RequestMirror filter
+    # without its requestMirror.
+    route["spec"]["rules"][0]["filters"] = [{"type": "RequestMirror"}]
+    with pytest.raises(KubeAPIError) as refused:
+        await k8s.create(HTTPROUTES, route, namespace="default")
+    assert refused.value.status == 422 and "requestMirror must be specified" in str(refused.value), refused.value
     assert k8s.peek(HTTPROUTES, "credit", namespace="default") is None
 
 
@@ -206,9 +212,8 @@ async def test_mirrored_validation_reverts_an_erroring_candidate_with_zero_reque
     assert set(gateway.mirrored) == {"credit-green"}
     assert route_weights(k8s, "credit") == {"blue": 100, "green": 0}
     assert selector(k8s).get(SLOT) == "blue"
-    # Every route the operator sent: the candidate never had a weight above 0, and each body passes
-    # the upstream HTTPRoute CRD (structural schema and every CEL rule), which the double checks
-    # structurally only.
+    # Every route the operator sent (the double admitted each against the installed CRD): the
+    # candidate never had a weight above 0, and each body also passes the unit tests' validator.
     bodies = route_bodies(kmock)
     assert any(f.get("type") == "RequestMirror" and f["requestMirror"]["percent"] == 30
                for body in bodies for f in body["spec"]["rules"][0].get("filters") or [])
