@@ -44,7 +44,7 @@ from kubernetes.client import ApiClient, AppsV1Api, AutoscalingV2Api, CoreV1Api,
 from kubernetes.client.exceptions import ApiException
 
 from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
-                      CreateKeysSecret, CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas,
+                      CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteRoute, EmitEvent, HandOverReplicas,
                       ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
 from .render import KEY_NAMES, render_keys_secret, slot_object_name
@@ -185,6 +185,14 @@ class Cluster:
                 if error.status == 404:  # an apply creates: 404 is a resource the API does not serve
                     raise GatewayAPIMissing(f"{group}/{version} {plural} is not served by this cluster") from error
                 raise
+        elif isinstance(action, DeleteRoute):
+            group, version, plural = HTTPROUTES
+            try:
+                await self._call(self.custom.delete_namespaced_custom_object, group, version, namespace, plural,
+                                 action.name)
+            except ApiException as error:
+                if error.status != 404:  # gone already (or HTTPRoutes not served): what was asked
+                    raise
         elif isinstance(action, EmitEvent):
             post_event(type=action.type, reason=action.reason, message=action.message)
         else:  # pragma: no cover - a new action type without its I/O is a programming error

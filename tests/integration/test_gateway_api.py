@@ -221,3 +221,22 @@ async def test_mirrored_validation_reverts_an_erroring_candidate_with_zero_reque
         assert httproute_errors(body) == [], body
         assert all(ref.get("weight") == 0 for ref in body["spec"]["rules"][0]["backendRefs"]
                    if ref["name"] == "credit-green")
+
+
+async def test_removing_gateway_api_deletes_the_route_and_the_endpoint_service_carries_traffic(
+        routed_operator, kmock, k8s):
+    spec = {"model": {"name": "credit", "uri": "file:///models/credit/1/model.joblib"}, "serving": {"replicas": 2},
+            "strategy": {"blueGreen": {"scaleDownDelaySeconds": 0}}, "checks": FAST_CHECKS, "traffic": GATEWAY}
+    async with deployment_controller(k8s), gateway_controller(k8s):
+        await k8s.create_endpoint("credit", spec, namespace="default")
+        await eventually(lambda: status(k8s).get("phase") == "Healthy"
+                         and status(k8s).get("traffic") == {"blue": 100, "green": 0}, timeout=10, message="routed")
+        assert k8s.peek(HTTPROUTES, "credit", namespace="default") is not None
+
+        await k8s.patch_endpoint("credit", {"traffic": None}, namespace="default")
+        await eventually(lambda: k8s.peek(HTTPROUTES, "credit", namespace="default") is None, timeout=10,
+                         message="route deleted")
+        await eventually(lambda: status(k8s).get("traffic") == {"blue": 100, "green": 0}
+                         and status(k8s).get("phase") == "Healthy", timeout=10, message="the Service carries it")
+        assert selector(k8s).get(SLOT) == "blue"
+        assert len(list(kmock[kmock_lib.method.DELETE, HTTPROUTES])) == 1  # one delete, not one per pass

@@ -38,7 +38,7 @@ ALLOWED = {
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
-    ("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch"},
+    ("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     # Endpoint keys: create <name>-keys when missing, get one Secret when a validation request needs
     # its key. No list or watch (no Secret cache), no patch (a key is never overwritten).

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from slotkeeper.actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute, CreateService,
-                                DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
+                                DeleteAutoscaler, DeleteRoute, EmitEvent, HandOverReplicas, ScaleDeployment,
+                                SwitchTraffic)
 from slotkeeper.api import ModelEndpointSpec, ModelEndpointStatus
 from slotkeeper.decide import Decision, Endpoint, Gates, decide_next_step
 from slotkeeper.observe import (PodSummary, observe_endpoint, summarise_autoscaler, summarise_deployment,
@@ -47,6 +48,7 @@ class World:
     co_owned: set[str] = field(default_factory=set)  # slots whose replicas another manager owns too
     route: dict | None = None  # the endpoint's HTTPRoute (Gateway API), as the apiserver holds it
     route_writes: list[dict] = field(default_factory=list)  # every route body the operator applied
+    route_deletes: list[str] = field(default_factory=list)  # the routes the operator deleted
     gateway_accepts: bool = True  # settle(): the Gateway controller accepts each new route generation
 
     def endpoint(self) -> Endpoint:
@@ -138,6 +140,9 @@ class World:
             body["status"] = {} if old is None else old.get("status", {})
             self.route = body
             self.route_writes.append(copy.deepcopy(action.body))
+        elif isinstance(action, DeleteRoute):
+            self.route = None
+            self.route_deletes.append(action.name)
         elif isinstance(action, EmitEvent):
             self.events.append(action)
 
