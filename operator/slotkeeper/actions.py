@@ -75,6 +75,13 @@ class ApplyRoute:
 
 
 @dataclass(frozen=True)
+class DeleteRoute:
+    """Delete the endpoint's HTTPRoute (``spec.traffic.gatewayAPI`` was removed): the endpoint
+    Service alone carries traffic again. Deleting one that is gone already is fine."""
+    name: str
+
+
+@dataclass(frozen=True)
 class EmitEvent:
     type: Literal["Normal", "Warning"]
     reason: str
@@ -98,5 +105,5 @@ class CreateJob:
 
 
 Action = (ApplyDeployment | ScaleDeployment | HandOverReplicas | ApplyAutoscaler | DeleteAutoscaler
-          | ApplyDisruptionBudget | CreateService | SwitchTraffic | ApplyRoute | EmitEvent | CreateKeysSecret
-          | CreateJob)
+          | ApplyDisruptionBudget | CreateService | SwitchTraffic | ApplyRoute | DeleteRoute | EmitEvent
+          | CreateKeysSecret | CreateJob)

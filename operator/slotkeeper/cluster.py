@@ -47,8 +47,8 @@ from kubernetes.client import (ApiClient, AppsV1Api, AutoscalingV2Api, BatchV1Ap
 from kubernetes.client.exceptions import ApiException
 
 from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
-                      CreateJob, CreateKeysSecret, CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas,
-                      ScaleDeployment, SwitchTraffic)
+                      CreateJob, CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteRoute, EmitEvent,
+                      HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
 from .render import KEY_NAMES, render_keys_secret, slot_object_name
 
@@ -194,6 +194,14 @@ class Cluster:
                 await self._call(self.batch.create_namespaced_job, namespace, action.body, field_manager=FIELD_MANAGER)
             except ApiException as error:
                 if error.status != 409:  # made already (a pass that crashed before its status write)
+                    raise
+        elif isinstance(action, DeleteRoute):
+            group, version, plural = HTTPROUTES
+            try:
+                await self._call(self.custom.delete_namespaced_custom_object, group, version, namespace, plural,
+                                 action.name)
+            except ApiException as error:
+                if error.status != 404:  # gone already (or HTTPRoutes not served): what was asked
                     raise
         elif isinstance(action, EmitEvent):
             post_event(type=action.type, reason=action.reason, message=action.message)

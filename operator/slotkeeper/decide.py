@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 from typing import Mapping
 
 from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
-                      CreateKeysSecret, CreateService, DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment,
-                      SwitchTraffic)
+                      CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteRoute, EmitEvent, HandOverReplicas,
+                      ScaleDeployment, SwitchTraffic)
 from .api import (SLOTS, Autoscaling, GatewayAPITraffic, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus,
                   Rollout, ScaleDown, SlotStatus, keys_secret_name)
 from .checks.canary import actual_weight, replicas_for_weight
@@ -336,6 +336,7 @@ def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gate
 
     decide_monitor(step)
     _converge_slot_objects(step)
+    _converge_route(step)
     _report_slots_and_traffic(step)
     _kstatus_conditions(step)
     _write_ahead(step, endpoint.status)
@@ -361,6 +362,17 @@ def _converge_slot_objects(step: _Step) -> None:
             config = body["metadata"]["annotations"][ANNOTATION_CONFIG]
             if seen.disruption_budget is None or seen.disruption_budget.config != config:
                 step.actions.append(ApplyDisruptionBudget(slot=slot, body=body))
+
+
+def _converge_route(step: _Step) -> None:
+    """Without ``spec.traffic.gatewayAPI`` the endpoint has no HTTPRoute: one left from before (the
+    field was removed) is deleted, after this pass's selector write (the endpoint Service alone
+    carries traffic again)."""
+    if step.gateway is None and step.observed.route is not None:
+        name = step.endpoint.name
+        step.actions.append(DeleteRoute(name=name))
+        step.actions.append(EmitEvent("Normal", "RouteDeleted",
+                                      f"HTTPRoute {name} deleted: the endpoint Service carries the traffic"))
 
 
 # Status fields that only report what is observed; everything else is what the operator remembers.

@@ -21,6 +21,7 @@ Key = tuple[str, str]  # (namespace, name)
 @dataclass(eq=False)
 class EndpointLoop:
     """What one endpoint's loop shares with the watch handlers: the latest body and two signals."""
+    key: Key
     body: Mapping[str, Any]
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -32,16 +33,20 @@ class EndpointLoops:
 
     def __init__(self) -> None:
         self._loops: dict[Key, EndpointLoop] = {}
+        # Loops told to stop whose pass has not ended yet. Not in _loops, so an endpoint created
+        # again under the same name gets a loop of its own at once.
+        self._stopping: list[EndpointLoop] = []
 
     def __contains__(self, key: Key) -> bool:
-        return key in self._loops
+        """A loop runs for ``key``, or one is still finishing its last pass."""
+        return key in self._loops or any(loop.key == key for loop in self._stopping)
 
     def seen(self, key: Key, body: Mapping[str, Any],
              run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> None:
         """The endpoint exists as ``body``: hand it to its loop (starting one if none runs) and wake it."""
         loop = self._loops.get(key)
         if loop is None or (loop.task is not None and loop.task.done()):
-            loop = self._loops[key] = EndpointLoop(body=body)
+            loop = self._loops[key] = EndpointLoop(key=key, body=body)
             loop.task = asyncio.create_task(self._run(key, loop, run), name=f"slotkeeper:{key[0]}/{key[1]}")
         loop.body = body
         loop.wakeup.set()
@@ -61,11 +66,18 @@ class EndpointLoops:
     async def stop(self, key: Key) -> None:
         loop = self._loops.pop(key, None)
         if loop is not None:
-            await _stop(loop)
+            await self._finish(loop)
 
     async def stop_all(self) -> None:
         loops, self._loops = list(self._loops.values()), {}
-        await asyncio.gather(*(_stop(loop) for loop in loops))
+        await asyncio.gather(*(self._finish(loop) for loop in loops))
+
+    async def _finish(self, loop: EndpointLoop) -> None:
+        self._stopping.append(loop)
+        try:
+            await _stop(loop)
+        finally:
+            self._stopping.remove(loop)
 
 
 async def _stop(loop: EndpointLoop) -> None:

@@ -184,8 +184,8 @@ class Observed:
                         shown_selector=_SAME if same else shown, route=self.route, shown_route=self.shown_route,
                         gateway_api_missing=self.gateway_api_missing, jobs=self.jobs)
 
-    def expecting_route(self, route: RouteSummary) -> Observed:
-        """This world with a route write the watches have not shown yet."""
+    def expecting_route(self, route: RouteSummary | None) -> Observed:
+        """This world with a route write (None: a delete) the watches have not shown yet."""
         return dataclasses.replace(self, route=route, shown_route=self.cluster_route)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
-                      ApplyRoute, DeleteAutoscaler, ScaleDeployment, SwitchTraffic)
+                      ApplyRoute, DeleteAutoscaler, DeleteRoute, ScaleDeployment, SwitchTraffic)
 from .observe import (DEFAULT_REPLICAS, AutoscalerSummary, DeploymentSummary, DisruptionBudgetSummary, Observed,
                       RouteSummary, summarise_route,
                       summarise_autoscaler, summarise_deployment, summarise_disruption_budget)
@@ -32,7 +32,7 @@ class RecentWrites:
     # slot -> the autoscaler applied (None: deleted); slot -> the disruption budget applied
     autoscalers: dict[str, tuple[AutoscalerSummary | None, float]] = field(default_factory=dict)
     disruption_budgets: dict[str, tuple[DisruptionBudgetSummary, float]] = field(default_factory=dict)
-    route: tuple[RouteSummary, float] | None = None  # the HTTPRoute applied (acceptance not known yet)
+    route: tuple[RouteSummary | None, float] | None = None  # the HTTPRoute applied (None: deleted), not shown yet
 
     def remember(self, endpoint: str, action: Action, observed: Observed) -> None:
         now = self.clock()
@@ -65,6 +65,8 @@ class RecentWrites:
         elif isinstance(action, ApplyRoute):
             applied = summarise_route(action.body)
             self.route = (RouteSummary(config=applied.config, weights=applied.weights, mirror=applied.mirror), now)
+        elif isinstance(action, DeleteRoute):
+            self.route = (None, now)
         elif isinstance(action, CreateService):
             name = action.body["metadata"]["name"]
             if name == endpoint:
@@ -116,7 +118,8 @@ class RecentWrites:
         if self.route is not None:
             route, at = self.route
             seen = observed.route
-            if now - at > EXPIRY_SECONDS or (seen is not None and seen.config == route.config):
+            if now - at > EXPIRY_SECONDS or (seen is None if route is None else
+                                             seen is not None and seen.config == route.config):
                 self.route = None
             else:
                 expected = expected.expecting_route(route)

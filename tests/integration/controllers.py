@@ -164,11 +164,13 @@ GATEWAY_API_DIR = pathlib.Path(__file__).resolve().parents[3] / "shared" / "gate
 
 def install_gateway_api(emulator: Any) -> None:
     """The upstream Gateway API CRDs (v1.6.1, standard channel) installed in the API double, as
-    ``kubectl apply -f`` would: HTTPRoutes become a served resource with the upstream schema."""
+    ``kubectl apply -f`` would: HTTPRoutes become a served resource with the upstream schema, the
+    installed CRD taking precedence over kmock's bundled untyped Gateway kinds, and every CEL rule."""
     for path in sorted(GATEWAY_API_DIR.glob("gateway.networking.k8s.io_*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc.get("kind") == "CustomResourceDefinition":
                 emulator.install_crd(doc)
+    emulator.conformant_cel_groups.add("gateway.networking.k8s.io")  # CEL rules too, not only the schema
 
 
 class GatewayController:
@@ -226,3 +228,56 @@ def route_weights(k8s: Kube, name: str, namespace: str = "default") -> dict[str,
     route = k8s.peek(HTTPROUTES, name, namespace=namespace) or {"spec": {"rules": [{}]}}
     return {ref["name"].rsplit("-", 1)[-1]: ref.get("weight", 1)
             for ref in route["spec"]["rules"][0].get("backendRefs") or []}
+
+
+class PlayedGateway:
+    """Plays the data plane of a Gateway API implementation for one HTTPRoute: each live request
+    (:meth:`send`) goes, as the route the API holds says, to one of its ``backendRefs`` by weight
+    (smooth weighted round robin: exact shares, no randomness), and, while the rule has a
+    ``RequestMirror`` filter, ``percent`` of the requests are also sent as copies to the mirror's
+    Service, whose answers are discarded (as a gateway does). ``backends`` maps a Service name to
+    the base URL standing for its pods. ``answered`` lists, per live request, the ``X-Answered-By``
+    of the answer the user got (None: no route yet); ``mirrored`` the Services sent copies."""
+
+    def __init__(self, k8s: Kube, route: str, backends: dict[str, str], namespace: str = "default") -> None:
+        self.k8s, self.route, self.backends, self.namespace = k8s, route, backends, namespace
+        self.answered: list[str | None] = []
+        self.statuses: list[int] = []
+        self.mirrored: list[str] = []
+        self._credit: dict[str, int] = {}
+        self._count = 0
+
+    def _pick(self, refs: list[dict[str, Any]]) -> str | None:
+        weighted = [(ref["name"], int(ref.get("weight", 1))) for ref in refs if int(ref.get("weight", 1)) > 0]
+        if not weighted:
+            return None
+        total = sum(weight for _, weight in weighted)
+        for name, weight in weighted:
+            self._credit[name] = self._credit.get(name, 0) + weight
+        chosen = max(weighted, key=lambda item: self._credit[item[0]])[0]
+        self._credit[chosen] -= total
+        return chosen
+
+    async def send(self, session: Any, path: str, body: dict[str, Any]) -> None:
+        route = self.k8s.peek(HTTPROUTES, self.route, namespace=self.namespace)
+        if route is None:
+            self.answered.append(None)
+            return
+        rule = route["spec"]["rules"][0]
+        mirror = next((f["requestMirror"] for f in rule.get("filters") or [] if f.get("type") == "RequestMirror"), None)
+        if mirror is not None:
+            percent = int(mirror.get("percent", 100))
+            self._count += 1
+            if self._count * percent // 100 > (self._count - 1) * percent // 100:
+                target = mirror["backendRef"]["name"]
+                async with session.post(self.backends[target] + path, json=body) as copy:
+                    await copy.read()  # the copy's answer is discarded
+                self.mirrored.append(target)
+        chosen = self._pick(rule.get("backendRefs") or [])
+        if chosen is None:
+            self.answered.append(None)
+            return
+        async with session.post(self.backends[chosen] + path, json=body) as answer:
+            await answer.read()
+            self.answered.append(answer.headers.get("X-Answered-By"))
+            self.statuses.append(answer.status)

@@ -1979,6 +1979,17 @@ def _cel_program(rule: str) -> Any:
         return None
 
 
+def _conformant_cel_errors(schema: Mapping[str, Any], body: dict[str, Any]) -> list[FieldError]:
+    """Every CEL rule ``body`` breaks, by cel-rust (as ``tests/unit/cel_helpers`` evaluates them)."""
+    from tests.unit.cel_helpers import cel_errors  # noqa: PLC0415 -- the tests' conformant CEL
+
+    errors = []
+    for text in cel_errors(_json_copy(dict(schema)), _json_copy(body)):
+        where, _, detail = text.partition(': ')
+        errors.append(FieldError('' if where == '<root>' else where, 'Invalid', ABSENT, detail))
+    return errors
+
+
 def _cel_errors(value: Any, schema: Mapping[str, Any], where: str, old: Any) -> list[FieldError]:
     errors = []
     for rule in schema.get('x-kubernetes-validations') or []:
@@ -2214,6 +2225,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     # defaulting still happen) -- like an apiserver with an old CRD that lacks the rules. For tests of
     # the operator's own validation, e.g. ``@pytest.mark.kmock(validate_custom_resources=False)``.
     validate_custom_resources: bool = True
+    # API groups whose custom resources also get every CEL rule of their CRD evaluated by the
+    # conformant implementation (cel-rust, ``tests/unit/cel_helpers``) on writes of the object (not of
+    # its status). cel-python, which evaluates CEL rules otherwise, is optional and often absent.
+    # ``controllers.install_gateway_api`` adds the Gateway API group.
+    conformant_cel_groups: set[str] = attrs.field(factory=set)
     # The proxy subresource (``services/<name>:<port>/proxy/...``, ``pods/<name>:<port>/proxy/...``):
     # (namespace, plural, "<name>:<port>") -> a base URL the request is forwarded to. A target not
     # listed answers as the apiserver does for a Service without ready endpoints (503).
@@ -2680,6 +2696,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                                            previous.get('status', ABSENT) if previous is not ABSENT else ABSENT)
                 else:
                     errors += crd_validate(body, body_schema, '', previous)
+                    if not errors and target.group in self.conformant_cel_groups:
+                        errors += _conformant_cel_errors(body_schema, body)
         if target.resource == CRDS and subresource is None:
             errors += crd_schema_errors(obj)
         if errors:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from slotkeeper.actions import ApplyRoute, ScaleDeployment, SwitchTraffic
+from slotkeeper.actions import ApplyRoute, DeleteRoute, ScaleDeployment, SwitchTraffic
 from slotkeeper.checks.verdicts import Verdict
 from slotkeeper.decide import Gates, gateway_candidate_replicas
 
@@ -259,3 +259,30 @@ def test_endpoints_without_gateway_api_write_no_route():
     world.change_spec(uri=NEW_URI)
     world.settle()
     assert world.route is None and world.route_writes == []
+
+
+def test_removing_gateway_api_deletes_the_route_and_the_endpoint_service_alone_carries_traffic():
+    world = deployed(**gateway_spec())
+    world.change_spec(uri=NEW_URI, **gateway_spec())
+    for _ in range(30):
+        world.advance(30)
+        world.settle()
+    assert world.status.active_slot == "green" and world.route_weights() == {"blue": 0, "green": 100}
+    writes = len(world.route_writes)
+
+    world.change_spec(uri=NEW_URI)  # the same model, without spec.traffic.gatewayAPI
+    decision = world.step()
+    assert [a for a in decision.actions if isinstance(a, DeleteRoute)] == [DeleteRoute(name="credit")]
+    assert not any(isinstance(a, ApplyRoute) for a in decision.actions)
+    assert any(e.reason == "RouteDeleted" for e in world.events)
+    world.settle()
+    assert world.route is None and world.route_deletes == ["credit"] and len(world.route_writes) == writes
+    assert world.selected_slot() == "green"  # the slot that held all the route's traffic
+    assert world.status.phase == "Healthy" and world.status.traffic == {"blue": 0, "green": 100}
+
+
+def test_without_a_route_to_delete_nothing_is_deleted():
+    world = deployed()
+    world.change_spec(uri=NEW_URI)
+    world.settle()
+    assert world.route_deletes == []

@@ -88,3 +88,25 @@ async def test_a_loop_that_ignores_the_stop_is_cancelled(monkeypatch):
     await asyncio.sleep(0)
     await loops.stop_all()
     assert cancelled.is_set() and KEY not in loops
+
+
+async def test_a_stopping_loop_counts_as_running_until_its_pass_ends_and_a_new_one_may_start():
+    loops, release, passes = EndpointLoops(), asyncio.Event(), []
+
+    async def slow_last_pass(key, loop):
+        passes.append(dict(loop.body))
+        await loop.stopped.wait()
+        await release.wait()  # the pass under way when the stop came (e.g. an API call)
+
+    loops.seen(KEY, {"v": 1}, slow_last_pass)
+    await asyncio.sleep(0)
+    stopping = asyncio.ensure_future(loops.stop(KEY))
+    await asyncio.sleep(0)
+    assert KEY in loops  # still finishing: a test or a caller waiting for "stopped" must wait on
+    loops.seen(KEY, {"v": 2}, slow_last_pass)  # the endpoint was created again under the same name
+    await asyncio.sleep(0)
+    assert passes == [{"v": 1}, {"v": 2}]
+    release.set()
+    await stopping
+    await loops.stop_all()
+    assert KEY not in loops

@@ -38,7 +38,7 @@ ALLOWED = {
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
-    ("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch"},
+    ("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch", "delete"},
     # The quality monitor's Job: created once per episode (409: made already), watched for its outcome.
     ("batch", "jobs"): {"list", "watch", "create"},
     ("", "pods"): {"get", "list", "watch"},

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from slotkeeper.actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute, CreateJob, CreateService,
-                                DeleteAutoscaler, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
+from slotkeeper.actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute, CreateJob,
+                                CreateService, DeleteAutoscaler, DeleteRoute, EmitEvent, HandOverReplicas,
+                                ScaleDeployment, SwitchTraffic)
 from slotkeeper.api import ModelEndpointSpec, ModelEndpointStatus
 from slotkeeper.decide import Decision, Endpoint, Gates, decide_next_step
 from slotkeeper.observe import (JobSummary, PodSummary, observe_endpoint, summarise_autoscaler, summarise_deployment,
@@ -47,6 +48,7 @@ class World:
     co_owned: set[str] = field(default_factory=set)  # slots whose replicas another manager owns too
     route: dict | None = None  # the endpoint's HTTPRoute (Gateway API), as the apiserver holds it
     route_writes: list[dict] = field(default_factory=list)  # every route body the operator applied
+    route_deletes: list[str] = field(default_factory=list)  # the routes the operator deleted
     gateway_accepts: bool = True  # settle(): the Gateway controller accepts each new route generation
     jobs: dict[str, JobSummary] = field(default_factory=dict)  # the quality monitor's Jobs, by name
     job_creates: list[dict] = field(default_factory=list)  # every Job body the operator sent (409s too)
@@ -146,6 +148,9 @@ class World:
             name = action.body["metadata"]["name"]
             self.jobs.setdefault(name, JobSummary(name=name, revision=action.body["metadata"]["labels"][
                 "slotkeeper.io/revision"], outcome="Running"))
+        elif isinstance(action, DeleteRoute):
+            self.route = None
+            self.route_deletes.append(action.name)
         elif isinstance(action, EmitEvent):
             self.events.append(action)
 
