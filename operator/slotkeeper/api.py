@@ -81,8 +81,10 @@ class ModelSource(ApiModel):
         description="Where the model is: file:///path (in the image or a mounted volume), http(s)://..., "
                     "or pvc://<claim>/<path> (the claim is mounted read-only into the slot's pods).",
     )
-    format: Literal["sklearn", "score-py"] = Field(
-        "sklearn", description="sklearn: a joblib/pickle file. score-py: an Azure ML style score.py with init()/run().",
+    format: Literal["sklearn", "score-py", "xgboost", "lightgbm"] = Field(
+        "sklearn", description="sklearn: a joblib/pickle file. score-py: an Azure ML style score.py with init()/run(). "
+                               "xgboost: a native XGBoost model file (.json/.ubj). "
+                               "lightgbm: a native LightGBM model file (.txt/.bin).",
     )
 
     @model_validator(mode="after")

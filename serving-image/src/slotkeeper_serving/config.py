@@ -18,7 +18,7 @@ from typing import Any
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-FORMATS = ("sklearn", "score-py")
+FORMATS = ("sklearn", "score-py", "xgboost", "lightgbm")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 # The environment contract with the operator. Keep the names stable.

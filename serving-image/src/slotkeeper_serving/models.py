@@ -32,6 +32,8 @@ from .protocol import InferRequest, ProtocolError, encode_tensor
 log = logging.getLogger(__name__)
 
 SKLEARN_SUFFIXES = (".joblib", ".pkl", ".pickle")
+XGBOOST_SUFFIXES = (".json", ".ubj")
+LIGHTGBM_SUFFIXES = (".txt", ".bin")
 _MESSAGE_LIMIT = 300
 
 
@@ -70,9 +72,23 @@ def _short(exc: BaseException) -> str:
 
 
 def detect_format(path: Path) -> str:
+    """score-py for .py (or a directory with score.py), xgboost for .json/.ubj,
+    lightgbm for .txt/.bin; sklearn otherwise (and whenever a directory holds a joblib/pickle file)."""
     if path.is_file():
-        return "score-py" if path.suffix == ".py" else "sklearn"
-    return "score-py" if (path / "score.py").is_file() else "sklearn"
+        suffixes = [path.suffix.lower()]
+    else:
+        if (path / "score.py").is_file():
+            return "score-py"
+        suffixes = {p.suffix.lower() for p in path.rglob("*") if p.is_file()}
+        if suffixes & set(SKLEARN_SUFFIXES):
+            return "sklearn"
+    if ".py" in suffixes and path.is_file():
+        return "score-py"
+    if set(suffixes) & set(XGBOOST_SUFFIXES):
+        return "xgboost"
+    if set(suffixes) & set(LIGHTGBM_SUFFIXES):
+        return "lightgbm"
+    return "sklearn"
 
 
 def load_model(settings: Settings) -> ServedModel:
@@ -87,6 +103,8 @@ def load_model(settings: Settings) -> ServedModel:
         model_format = settings.model_format or detect_format(path)
         if model_format == "score-py":
             return ScorePyModel.load(path)
+        if model_format in ("xgboost", "lightgbm"):
+            return BoosterModel.load(path, model_format)
         return SklearnModel.load(path, use_fastpath=settings.fastpath)
     except ModelLoadError:
         raise
@@ -96,16 +114,16 @@ def load_model(settings: Settings) -> ServedModel:
         raise ModelLoadError(message) from exc
 
 
-def _find_sklearn_file(path: Path) -> Path:
+def _find_sklearn_file(path: Path, suffixes: tuple[str, ...] = SKLEARN_SUFFIXES) -> Path:
     if path.is_file():
         return path
-    candidates = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SKLEARN_SUFFIXES)
+    candidates = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if len(candidates) != 1:
         preferred = [p for p in candidates if p.stem == "model"]
         if len(preferred) == 1:
             return preferred[0]
         raise ModelLoadError(
-            f"expected exactly one {'/'.join(SKLEARN_SUFFIXES)} file in {path}, found {len(candidates)}"
+            f"expected exactly one {'/'.join(suffixes)} file in {path}, found {len(candidates)}"
         )
     return candidates[0]
 
@@ -234,6 +252,117 @@ def _label_datatype(estimator: Any) -> str:
         except TypeError:
             return "BYTES"
     return "FP64"
+
+
+# ---------------------------------------------------------------- XGBoost, LightGBM
+
+
+class BoosterModel:
+    """A native XGBoost (.json/.ubj) or LightGBM (.txt) model file; output "predict".
+
+    "predict" is the booster's own prediction (XGBoost `inplace_predict`,
+    LightGBM `Booster.predict`): the objective's output, so probabilities for
+    classifiers ([rows] for binary, [rows, classes] for multi-class).
+    """
+
+    def __init__(self, booster: Any, kind: str, n_features: int, predict: Any) -> None:
+        self.booster = booster
+        self.platform = kind
+        self.n_features = n_features
+        self._predict_fn = predict
+        self.output_names = ("predict",)
+        probe = np.asarray(predict(np.zeros((2, n_features), dtype=np.float64)))
+        self._out_datatype = _datatype_or_fp64(probe)
+        self._out_shape = [-1, *probe.shape[1:]]
+        self._thread = _model_thread()
+
+    @classmethod
+    def load(cls, path: Path, kind: str) -> BoosterModel:
+        if kind == "xgboost":
+            file = _find_sklearn_file(path, XGBOOST_SUFFIXES)
+            xgb = _import_extra("xgboost")
+            booster = xgb.Booster()
+            booster.load_model(str(file))
+            n_features = booster.num_features()
+            predict = booster.inplace_predict
+        else:
+            file = _find_sklearn_file(path, LIGHTGBM_SUFFIXES)
+            lgb = _import_extra("lightgbm")
+            booster = lgb.Booster(model_file=str(file))
+            n_features = booster.num_feature()
+            predict = booster.predict
+        if not n_features:
+            raise ModelLoadError(f"{file.name}: the {kind} model declares no features")
+        log.info("loaded %s model from %s (%d features)", kind, file.name, n_features)
+        return cls(booster, kind, int(n_features), predict)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, self.n_features]}],
+            "outputs": [{"name": "predict", "datatype": self._out_datatype, "shape": self._out_shape}],
+        }
+
+    def _features(self, request: InferRequest) -> np.ndarray:
+        if len(request.inputs) != 1:
+            raise InputError(f"{self.platform} models take exactly one input tensor, got {len(request.inputs)}")
+        tensor = request.inputs[0]
+        if len(tensor.shape) != 2 or tensor.shape[0] == 0:
+            raise InputError(
+                f"input {tensor.name!r}: expected a 2-D shape [rows, {self.n_features}] with at least one row, "
+                f"got {list(tensor.shape)}"
+            )
+        if tensor.shape[1] != self.n_features:
+            raise InputError(
+                f"input {tensor.name!r}: the model expects {self.n_features} features, got {tensor.shape[1]}"
+            )
+        if tensor.array.dtype.kind not in "biuf":
+            raise InputError(f"input {tensor.name!r}: {self.platform} models take numeric input, got {tensor.datatype}")
+        return tensor.array
+
+    def _wanted(self, request: InferRequest) -> tuple[str, ...]:
+        for name in request.output_names or ():
+            if name != "predict":
+                raise InputError(f"unknown output {name!r}; this model offers predict")
+        return ("predict",)
+
+    def infer_inline(self, request: InferRequest) -> None:
+        return None
+
+    async def infer(self, request: InferRequest) -> list[dict[str, Any]]:
+        X = self._features(request)
+        self._wanted(request)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._thread, self._predict, X)
+        return [encode_tensor("predict", result)]
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(self._predict_fn(X))
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"the model rejected the input: {_short(exc)}") from None
+        except Exception as exc:
+            raise ModelError(f"predict failed: {_short(exc)}") from exc
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+def _datatype_or_fp64(array: np.ndarray) -> str:
+    from .protocol import datatype_of
+
+    try:
+        return datatype_of(array)
+    except TypeError:
+        return "FP64"
+
+
+def _import_extra(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"format {name!r} needs the {name} package: pip install 'slotkeeper-serving[{name}]' ({exc})"
+        ) from None
 
 
 # ---------------------------------------------------------------- Azure ML score.py
