@@ -42,6 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"verified fast predict for linear models (default: on) [{ENV['fastpath']}]",
     )
     add(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"combine concurrent requests into one model call for verified row-independent models "
+        f"(default: on) [{ENV['batching']}]",
+    )
+    add("--batch-max-rows", type=int, help=f"largest combined call, in rows (default: 512) [{ENV['batch_max_rows']}]")
+    add(
+        "--batch-max-delay-ms",
+        type=float,
+        metavar="MS",
+        help=f"how long a request that finds the model idle waits for others (default: 0) [{ENV['batch_max_delay_ms']}]",
+    )
+    add(
         "--shutdown-delay-seconds",
         type=float,
         metavar="SECONDS",

@@ -37,6 +37,9 @@ ENV = {
     "download_timeout_seconds": "SLOTKEEPER_DOWNLOAD_TIMEOUT_SECONDS",
     "max_model_bytes": "SLOTKEEPER_MAX_MODEL_BYTES",
     "fastpath": "SLOTKEEPER_FASTPATH",
+    "batching": "SLOTKEEPER_BATCHING",
+    "batch_max_rows": "SLOTKEEPER_BATCH_MAX_ROWS",
+    "batch_max_delay_ms": "SLOTKEEPER_BATCH_MAX_DELAY_MS",
     # Set by the operator from the ModelEndpoint spec; the default suits most clusters.
     "shutdown_delay_seconds": "SLOTKEEPER_SHUTDOWN_DELAY_SECONDS",
     # Set by the operator for a keyed endpoint: the mounted keys Secret (see keys.py).
@@ -68,6 +71,9 @@ class Settings:
     max_model_bytes: int = 4 * GiB
     log_level: str = "info"
     fastpath: bool = True
+    batching: bool = True
+    batch_max_rows: int = 512
+    batch_max_delay_ms: float = 0.0
     shutdown_delay_seconds: float = DEFAULT_SHUTDOWN_DELAY_SECONDS
     keys_dir: Path | None = None  # None: no key required (an open endpoint)
 
@@ -90,6 +96,10 @@ class Settings:
             raise ConfigError("download timeout must be > 0")
         if not (math.isfinite(self.shutdown_delay_seconds) and self.shutdown_delay_seconds >= 0):
             raise ConfigError(f"shutdown delay must be a finite number >= 0, got {self.shutdown_delay_seconds}")
+        if self.batch_max_rows < 1:
+            raise ConfigError(f"batch max rows must be >= 1, got {self.batch_max_rows}")
+        if not (math.isfinite(self.batch_max_delay_ms) and 0 <= self.batch_max_delay_ms <= 1000):
+            raise ConfigError(f"batch max delay must be 0..1000 ms, got {self.batch_max_delay_ms}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
@@ -150,6 +160,9 @@ _PARSERS = {
     "download_timeout_seconds": _parse_float,
     "shutdown_delay_seconds": _parse_float,
     "fastpath": _parse_bool,
+    "batching": _parse_bool,
+    "batch_max_rows": _parse_int,
+    "batch_max_delay_ms": _parse_float,
 }
 
 

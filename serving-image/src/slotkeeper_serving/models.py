@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import fastpath
+from . import batching, fastpath
 from .config import Settings
 from .fetch import ModelLoadError, materialize, redact_uri
 from .protocol import InferRequest, ProtocolError, encode_tensor
@@ -104,8 +104,12 @@ def load_model(settings: Settings) -> ServedModel:
         if model_format == "score-py":
             return ScorePyModel.load(path)
         if model_format in ("xgboost", "lightgbm"):
-            return BoosterModel.load(path, model_format)
-        return SklearnModel.load(path, use_fastpath=settings.fastpath)
+            model = BoosterModel.load(path, model_format)
+        else:
+            model = SklearnModel.load(path, use_fastpath=settings.fastpath)
+        if settings.batching:
+            model.enable_batching(settings.batch_max_rows, settings.batch_max_delay_ms / 1000)
+        return model
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -151,6 +155,15 @@ class SklearnModel:
             log.info("fast path: %s", why)
         self._fast_features = self.n_features or 0
         self._thread = _model_thread()
+        self.batcher: batching.Batcher | None = None
+        self.batching_reason = "off"
+
+    def enable_batching(self, max_rows: int = 512, max_delay: float = 0.0) -> bool:
+        """Batch concurrent requests if rows are verified independent on the probe set; False (and why) if not."""
+        self.batcher, self.batching_reason = _verified_batcher(
+            self._predict, self.n_features, self.output_names, self._thread, max_rows, max_delay
+        )
+        return self.batcher is not None
 
     @classmethod
     def load(cls, path: Path, *, use_fastpath: bool = True) -> SklearnModel:
@@ -224,8 +237,11 @@ class SklearnModel:
     async def infer(self, request: InferRequest) -> list[dict[str, Any]]:
         X = self._features(request)
         wanted = self._wanted(request)
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._thread, self._predict, X, wanted)
+        if self.batcher is not None and self.batcher.accepts(X):
+            results = await self.batcher.submit(X, wanted)
+        else:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._thread, self._predict, X, wanted)
         return [encode_tensor(name, value) for name, value in zip(wanted, results, strict=True)]
 
     def _predict(self, X: np.ndarray, wanted: tuple[str, ...]) -> list[Any]:
@@ -275,6 +291,17 @@ class BoosterModel:
         self._out_datatype = _datatype_or_fp64(probe)
         self._out_shape = [-1, *probe.shape[1:]]
         self._thread = _model_thread()
+        self.batcher: batching.Batcher | None = None
+        self.batching_reason = "off"
+
+    def enable_batching(self, max_rows: int = 512, max_delay: float = 0.0) -> bool:
+        self.batcher, self.batching_reason = _verified_batcher(
+            self._predict_outputs, self.n_features, self.output_names, self._thread, max_rows, max_delay
+        )
+        return self.batcher is not None
+
+    def _predict_outputs(self, X: np.ndarray, wanted: tuple[str, ...]) -> list[np.ndarray]:
+        return [self._predict(X)]
 
     @classmethod
     def load(cls, path: Path, kind: str) -> BoosterModel:
@@ -330,9 +357,12 @@ class BoosterModel:
 
     async def infer(self, request: InferRequest) -> list[dict[str, Any]]:
         X = self._features(request)
-        self._wanted(request)
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._thread, self._predict, X)
+        wanted = self._wanted(request)
+        if self.batcher is not None and self.batcher.accepts(X):
+            (result,) = await self.batcher.submit(X, wanted)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._thread, self._predict, X)
         return [encode_tensor("predict", result)]
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
@@ -345,6 +375,21 @@ class BoosterModel:
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+def _verified_batcher(predict, n_features, outputs, thread, max_rows, max_delay):
+    """(Batcher, why) if the model's rows are independent on the probe set, else (None, why not)."""
+    if n_features is None:
+        return None, "no batching: the model declares no input width"
+    try:
+        mismatch = batching.first_row_dependence(predict, n_features, tuple(outputs))
+    except Exception as exc:  # an unusual model must never break loading
+        mismatch = f"verification failed: {type(exc).__name__}"
+    if mismatch:
+        log.info("no batching: %s", mismatch)
+        return None, f"no batching: {mismatch}"
+    log.info("batching: rows verified independent (max %d rows, max delay %.1f ms)", max_rows, max_delay * 1000)
+    return batching.Batcher(predict, thread, max_rows=max_rows, max_delay=max_delay), "verified"
 
 
 def _datatype_or_fp64(array: np.ndarray) -> str:
