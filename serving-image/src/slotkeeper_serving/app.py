@@ -104,6 +104,7 @@ class ServingApp:
         self.slot = ModelSlot(settings.model_name, settings.model_version)
         self.metrics = ModelMetrics(settings.model_name, settings.model_version)
         self._loader = loader
+        self.grpc_port: int | None = None  # the bound gRPC port, once serving
         self._max_body = settings.max_request_bytes
         self.keyring = KeyRing(settings.keys_dir) if settings.keys_dir is not None else None
         name, version = settings.model_name, settings.model_version
@@ -150,9 +151,20 @@ class ServingApp:
         # Load in the background: the server is live (and answers probes)
         # while a large model downloads; it is ready only once loaded.
         task = asyncio.create_task(self.load())
+        grpc_server = None
+        if self.settings.grpc_port is not None:
+            from . import grpcserver
+
+            grpc_server, self.grpc_port = grpcserver.start(
+                self, asyncio.get_running_loop(), self.settings.host, self.settings.grpc_port,
+                self.settings.max_request_bytes,
+            )
         try:
             yield
         finally:
+            if grpc_server is not None:
+                # In-flight calls finish (they need this loop, which still runs); new ones are refused.
+                await asyncio.to_thread(lambda: grpc_server.stop(grace=30).wait())
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model-version", help=f"revision, reported in responses and metrics [{ENV['model_version']}]")
     add("--host", help=f"bind address (default: 0.0.0.0) [{ENV['host']}]")
     add("--port", type=int, help=f"default: 8080 [{ENV['port']}]")
+    add("--grpc-port", type=int, help=f"also serve OIP v2 over gRPC on this port (default: off) [{ENV['grpc_port']}]")
     add("--workers", type=int, help=f"worker processes (default: 1) [{ENV['workers']}]")
     add("--max-request-bytes", type=int, help=f"request body limit (default: 16 MiB) [{ENV['max_request_bytes']}]")
     add(

@@ -28,6 +28,7 @@ ENV = {
     "model_format": "SLOTKEEPER_MODEL_FORMAT",
     "model_version": "SLOTKEEPER_MODEL_VERSION",
     "port": "SLOTKEEPER_PORT",
+    "grpc_port": "SLOTKEEPER_GRPC_PORT",
     "workers": "SLOTKEEPER_WORKERS",
     "max_request_bytes": "SLOTKEEPER_MAX_REQUEST_BYTES",
     "cache_dir": "SLOTKEEPER_CACHE_DIR",
@@ -64,6 +65,7 @@ class Settings:
     model_version: str = ""
     host: str = "0.0.0.0"
     port: int = 8080
+    grpc_port: int | None = None  # None: no gRPC server
     workers: int = 1
     max_request_bytes: int = 16 * MiB
     cache_dir: Path = Path("/tmp/slotkeeper")
@@ -86,6 +88,8 @@ class Settings:
             raise ConfigError(f"model format must be one of {', '.join(FORMATS)}, got {self.model_format!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise ConfigError(f"gRPC port must be 0..65535, got {self.grpc_port}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.max_request_bytes < 1:
@@ -154,6 +158,7 @@ def _parse_float(name: str, raw: str) -> float:
 
 _PARSERS = {
     "port": _parse_int,
+    "grpc_port": _parse_int,
     "workers": _parse_int,
     "max_request_bytes": _parse_int,
     "max_model_bytes": _parse_int,
