@@ -136,3 +136,28 @@ def test_keyed_server_requires_the_key_on_grpc(start_server, model_files, tmp_pa
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         response = stub.ModelInfer(message, metadata=[("authorization", "Bearer k-secondary")])
         assert len(response.raw_output_contents) == 1
+
+
+def test_the_real_cli_serves_grpc_with_an_xgboost_model_and_counts_it_in_metrics(spawn_server, tmp_path):
+    xgb = pytest.importorskip("xgboost")
+    import httpx
+
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((50, 3))
+    booster = xgb.train({"objective": "reg:squarederror", "max_depth": 2}, xgb.DMatrix(X, label=X[:, 0]), 5)
+    path = tmp_path / "model.ubj"
+    booster.save_model(path)
+    port = free_port()
+    server = spawn_server(["--model-uri", str(path), "--model-name", "gbm", "--grpc-port", str(port)])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(pb.ServerReadyRequest()).ready
+        rows = X[:4].astype(np.float32)
+        message = pb.ModelInferRequest(model_name="gbm")
+        message.inputs.add(name="x", datatype="FP32", shape=[4, 3])
+        message.raw_input_contents.append(rows.tobytes())
+        response = stub.ModelInfer(message)
+        assert response.raw_output_contents[0] == booster.inplace_predict(rows).astype("<f4").tobytes()
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert 'slotkeeper_requests_total{model="gbm",outcome="success",version=""} 1.0' in metrics
+    assert httpx.get(server.base_url + "/v2/models/gbm").json()["platform"] == "xgboost"
