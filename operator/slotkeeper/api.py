@@ -81,8 +81,10 @@ class ModelSource(ApiModel):
         description="Where the model is: file:///path (in the image or a mounted volume), http(s)://..., "
                     "or pvc://<claim>/<path> (the claim is mounted read-only into the slot's pods).",
     )
-    format: Literal["sklearn", "score-py"] = Field(
-        "sklearn", description="sklearn: a joblib/pickle file. score-py: an Azure ML style score.py with init()/run().",
+    format: Literal["sklearn", "score-py", "xgboost", "lightgbm"] = Field(
+        "sklearn", description="sklearn: a joblib/pickle file. score-py: an Azure ML style score.py with init()/run(). "
+                               "xgboost: a native XGBoost model file (.json/.ubj). "
+                               "lightgbm: a native LightGBM model file (.txt/.bin).",
     )
 
     @model_validator(mode="after")
@@ -326,6 +328,17 @@ class Serving(ApiModel):
                     "scales, it does not roll out.",
     )
     port: int = Field(8080, ge=1, le=65535, description="The container port the model server listens on.")
+    grpc_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Also serve the Open Inference Protocol over gRPC (KServe inference.GRPCInferenceService) on "
+                    "this container port (SLOTKEEPER_GRPC_PORT of the slotkeeper serving image). Absent: HTTP only.",
+    )
+
+    @model_validator(mode="after")
+    def _grpc_port_is_its_own(self) -> Serving:
+        if self.grpc_port is not None and self.grpc_port == self.port:
+            raise ValueError("grpcPort must differ from port: gRPC is served on its own port")
+        return self
     readiness_path: str = Field("/v2/health/ready", pattern=r"^/\S*$", max_length=256)
     liveness_path: str = Field("/v2/health/live", pattern=r"^/\S*$", max_length=256)
     resources: Resources = Field(

@@ -122,6 +122,8 @@ def render_slot_deployment(owner: dict[str, Any], spec: ModelEndpointSpec, slot:
         {"name": "SLOTKEEPER_CACHE_DIR", "value": CACHE_DIR},
         *(var.to_api() for var in serving.env),
     ]
+    if serving.grpc_port is not None:
+        env.append({"name": "SLOTKEEPER_GRPC_PORT", "value": str(serving.grpc_port)})
     if serving.shutdown_delay_seconds is not None:
         env.append({"name": "SLOTKEEPER_SHUTDOWN_DELAY_SECONDS", "value": str(serving.shutdown_delay_seconds)})
     shutdown_delay = DEFAULT_SHUTDOWN_DELAY_SECONDS if serving.shutdown_delay_seconds is None \
@@ -144,7 +146,9 @@ def render_slot_deployment(owner: dict[str, Any], spec: ModelEndpointSpec, slot:
     container: dict[str, Any] = {
         "name": "model",
         "image": serving.image or default_serving_image(),
-        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"},
+                  *([{"name": "grpc", "containerPort": serving.grpc_port, "protocol": "TCP"}]
+                    if serving.grpc_port is not None else [])],
         "env": env,
         "resources": serving.resources.to_api(),
         "readinessProbe": {
@@ -207,7 +211,12 @@ def render_slot_deployment(owner: dict[str, Any], spec: ModelEndpointSpec, slot:
     }
 
 
-def _service(owner: dict[str, Any], name: str, labels: dict[str, str], selector: dict[str, str]) -> dict[str, Any]:
+def _service(owner: dict[str, Any], name: str, labels: dict[str, str], selector: dict[str, str],
+             grpc_port: int | None = None) -> dict[str, Any]:
+    ports = [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]
+    if grpc_port is not None:  # the serving port number, to the container port named grpc
+        ports.append({"name": "grpc", "port": grpc_port, "targetPort": "grpc", "protocol": "TCP",
+                      "appProtocol": "grpc"})
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -215,21 +224,24 @@ def _service(owner: dict[str, Any], name: str, labels: dict[str, str], selector:
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
-            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": ports,
         },
     }
 
 
-def render_slot_service(owner: dict[str, Any], slot: str) -> dict[str, Any]:
-    """A slot's own address: for previews and the validation requests sent before traffic moves."""
+def render_slot_service(owner: dict[str, Any], slot: str, grpc_port: int | None = None) -> dict[str, Any]:
+    """A slot's own address: for previews and the validation requests sent before traffic moves.
+    With ``grpc_port`` (spec.serving.grpcPort) it also carries a ``grpc`` port."""
     endpoint = owner["metadata"]["name"]
-    return _service(owner, slot_object_name(endpoint, slot), _labels(endpoint, slot), slot_selector(endpoint, slot))
+    return _service(owner, slot_object_name(endpoint, slot), _labels(endpoint, slot), slot_selector(endpoint, slot),
+                    grpc_port)
 
 
-def render_endpoint_service(owner: dict[str, Any], selector: dict[str, str]) -> dict[str, Any]:
+def render_endpoint_service(owner: dict[str, Any], selector: dict[str, str],
+                            grpc_port: int | None = None) -> dict[str, Any]:
     """The address clients call. Its selector is the traffic switch."""
     endpoint = owner["metadata"]["name"]
-    return _service(owner, endpoint, _labels(endpoint), selector)
+    return _service(owner, endpoint, _labels(endpoint), selector, grpc_port)
 
 
 def config_hash(spec: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ def test_health_live_and_ready(credit_server):
 def test_server_metadata(credit_server):
     response = credit_server.client.get("/v2")
     assert response.status_code == 200
-    assert response.json() == {"name": "slotkeeper-serving", "version": __version__, "extensions": []}
+    assert response.json() == {"name": "slotkeeper-serving", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 @pytest.mark.parametrize("path", ["/v2/models/credit", "/v2/models/credit/versions/rev1"])

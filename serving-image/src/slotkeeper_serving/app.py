@@ -33,12 +33,22 @@ from .lifecycle import Lifecycle
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ModelMetrics
 from .models import ModelError, ServedModel, load_model
-from .protocol import NotReady, PayloadTooLarge, ProtocolError, encode_infer_response, error_body, parse_infer_request
+from .protocol import (
+    BINARY_EXTENSION,
+    NotReady,
+    PayloadTooLarge,
+    ProtocolError,
+    encode_answer,
+    error_body,
+    parse_infer_request,
+)
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "slotkeeper-serving"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_BINARY_CONTENT_TYPE = (b"content-type", b"application/octet-stream")
+EXTENSIONS = [BINARY_EXTENSION]
 
 
 class ModelSlot:
@@ -94,6 +104,7 @@ class ServingApp:
         self.slot = ModelSlot(settings.model_name, settings.model_version)
         self.metrics = ModelMetrics(settings.model_name, settings.model_version)
         self._loader = loader
+        self.grpc_port: int | None = None  # the bound gRPC port, once serving
         self._max_body = settings.max_request_bytes
         self.keyring = KeyRing(settings.keys_dir) if settings.keys_dir is not None else None
         name, version = settings.model_name, settings.model_version
@@ -140,9 +151,20 @@ class ServingApp:
         # Load in the background: the server is live (and answers probes)
         # while a large model downloads; it is ready only once loaded.
         task = asyncio.create_task(self.load())
+        grpc_server = None
+        if self.settings.grpc_port is not None:
+            from . import grpcserver
+
+            grpc_server, self.grpc_port = grpcserver.start(
+                self, asyncio.get_running_loop(), self.settings.host, self.settings.grpc_port,
+                self.settings.max_request_bytes,
+            )
         try:
             yield
         finally:
+            if grpc_server is not None:
+                # In-flight calls finish (they need this loop, which still runs); new ones are refused.
+                await asyncio.to_thread(lambda: grpc_server.stop(grace=30).wait())
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -183,9 +205,11 @@ class ServingApp:
         started = time.perf_counter()
         metrics.in_flight.inc()
         status = 500
+        json_length = None
         try:
             try:
-                status, body = 200, await self._answer(scope, receive)
+                body, json_length = await self._answer(scope, receive)
+                status = 200
             except ProtocolError as exc:
                 status, body = exc.status, error_body(exc.message)
             except ModelError as exc:
@@ -196,32 +220,34 @@ class ServingApp:
             except Exception:
                 log.exception("unexpected error in infer")
                 status, body = 500, error_body("internal error")
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": _JSON_HEADERS + [(b"content-length", b"%d" % len(body))],
-                }
-            )
+            if json_length is None:
+                headers = _JSON_HEADERS + [(b"content-length", b"%d" % len(body))]
+            else:
+                headers = [
+                    _BINARY_CONTENT_TYPE,
+                    (b"inference-header-content-length", b"%d" % json_length),
+                    (b"content-length", b"%d" % len(body)),
+                ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         finally:
             metrics.in_flight.dec()
             metrics.record(status < 300, time.perf_counter() - started)
 
-    async def _answer(self, scope, receive) -> bytes:
-        declared = _content_length(scope)
+    async def _answer(self, scope, receive) -> tuple[bytes, int | None]:
+        declared, json_length = _length_headers(scope)
         if declared is not None and declared > self._max_body:
             raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {self._max_body}")
         slot = self.slot
         if not slot.ready:
             raise NotReady(f"model {slot.name!r} is not ready ({slot.state})")
         body = await self._read_body(receive)
-        request = parse_infer_request(body)
+        request = parse_infer_request(body, json_length)
         model = slot.model
         outputs = model.infer_inline(request)
         if outputs is None:
             outputs = await model.infer(request)
-        return encode_infer_response(slot.name, slot.version, request.id, outputs)
+        return encode_answer(slot.name, slot.version, request.id, outputs, request)
 
     async def _read_body(self, receive) -> bytes:
         # Count what actually arrives too: chunked bodies have no
@@ -270,7 +296,7 @@ class ServingApp:
         return json_response({"ready": False, "error": reason}, 503)
 
     async def server_metadata(self, request: Request) -> Response:
-        return json_response({"name": SERVER_NAME, "version": __version__, "extensions": []})
+        return json_response({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
 
     def _slot_for(self, request: Request) -> ModelSlot:
         params = request.path_params
@@ -353,14 +379,26 @@ def _closing_connection(send):
     return send_closing
 
 
-def _content_length(scope) -> int | None:
+def _length_headers(scope) -> tuple[int | None, int | None]:
+    """(Content-Length, Inference-Header-Content-Length), each None when absent."""
+    declared = json_length = None
     for key, value in scope["headers"]:
         if key == b"content-length":
             try:
-                return int(value)
+                declared = int(value)
             except ValueError:
                 raise ProtocolError("invalid Content-Length header") from None
-    return None
+        elif key == b"inference-header-content-length":
+            try:
+                json_length = int(value)
+            except ValueError:
+                json_length = -1
+            if json_length < 0 or not value.strip().isdigit():
+                raise ProtocolError(
+                    f"invalid Inference-Header-Content-Length header {value[:40]!r}: "
+                    "expected the byte length of the JSON part of the body"
+                ) from None
+    return declared, json_length
 
 
 def create_app() -> ServingApp:

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model-version", help=f"revision, reported in responses and metrics [{ENV['model_version']}]")
     add("--host", help=f"bind address (default: 0.0.0.0) [{ENV['host']}]")
     add("--port", type=int, help=f"default: 8080 [{ENV['port']}]")
+    add("--grpc-port", type=int, help=f"also serve OIP v2 over gRPC on this port (default: off) [{ENV['grpc_port']}]")
     add("--workers", type=int, help=f"worker processes (default: 1) [{ENV['workers']}]")
     add("--max-request-bytes", type=int, help=f"request body limit (default: 16 MiB) [{ENV['max_request_bytes']}]")
     add(
@@ -40,6 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help=f"verified fast predict for linear models (default: on) [{ENV['fastpath']}]",
+    )
+    add(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"combine concurrent requests into one model call for verified row-independent models "
+        f"(default: on) [{ENV['batching']}]",
+    )
+    add("--batch-max-rows", type=int, help=f"largest combined call, in rows (default: 512) [{ENV['batch_max_rows']}]")
+    add(
+        "--batch-max-delay-ms",
+        type=float,
+        metavar="MS",
+        help=f"how long a request that finds the model idle waits for others (default: 0) [{ENV['batch_max_delay_ms']}]",
     )
     add(
         "--shutdown-delay-seconds",

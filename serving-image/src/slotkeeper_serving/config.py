@@ -18,7 +18,7 @@ from typing import Any
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-FORMATS = ("sklearn", "score-py")
+FORMATS = ("sklearn", "score-py", "xgboost", "lightgbm")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 # The environment contract with the operator. Keep the names stable.
@@ -28,6 +28,7 @@ ENV = {
     "model_format": "SLOTKEEPER_MODEL_FORMAT",
     "model_version": "SLOTKEEPER_MODEL_VERSION",
     "port": "SLOTKEEPER_PORT",
+    "grpc_port": "SLOTKEEPER_GRPC_PORT",
     "workers": "SLOTKEEPER_WORKERS",
     "max_request_bytes": "SLOTKEEPER_MAX_REQUEST_BYTES",
     "cache_dir": "SLOTKEEPER_CACHE_DIR",
@@ -37,6 +38,9 @@ ENV = {
     "download_timeout_seconds": "SLOTKEEPER_DOWNLOAD_TIMEOUT_SECONDS",
     "max_model_bytes": "SLOTKEEPER_MAX_MODEL_BYTES",
     "fastpath": "SLOTKEEPER_FASTPATH",
+    "batching": "SLOTKEEPER_BATCHING",
+    "batch_max_rows": "SLOTKEEPER_BATCH_MAX_ROWS",
+    "batch_max_delay_ms": "SLOTKEEPER_BATCH_MAX_DELAY_MS",
     # Set by the operator from the ModelEndpoint spec; the default suits most clusters.
     "shutdown_delay_seconds": "SLOTKEEPER_SHUTDOWN_DELAY_SECONDS",
     # Set by the operator for a keyed endpoint: the mounted keys Secret (see keys.py).
@@ -61,6 +65,7 @@ class Settings:
     model_version: str = ""
     host: str = "0.0.0.0"
     port: int = 8080
+    grpc_port: int | None = None  # None: no gRPC server
     workers: int = 1
     max_request_bytes: int = 16 * MiB
     cache_dir: Path = Path("/tmp/slotkeeper")
@@ -68,6 +73,9 @@ class Settings:
     max_model_bytes: int = 4 * GiB
     log_level: str = "info"
     fastpath: bool = True
+    batching: bool = True
+    batch_max_rows: int = 512
+    batch_max_delay_ms: float = 0.0
     shutdown_delay_seconds: float = DEFAULT_SHUTDOWN_DELAY_SECONDS
     keys_dir: Path | None = None  # None: no key required (an open endpoint)
 
@@ -80,6 +88,8 @@ class Settings:
             raise ConfigError(f"model format must be one of {', '.join(FORMATS)}, got {self.model_format!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise ConfigError(f"gRPC port must be 0..65535, got {self.grpc_port}")
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.max_request_bytes < 1:
@@ -90,6 +100,10 @@ class Settings:
             raise ConfigError("download timeout must be > 0")
         if not (math.isfinite(self.shutdown_delay_seconds) and self.shutdown_delay_seconds >= 0):
             raise ConfigError(f"shutdown delay must be a finite number >= 0, got {self.shutdown_delay_seconds}")
+        if self.batch_max_rows < 1:
+            raise ConfigError(f"batch max rows must be >= 1, got {self.batch_max_rows}")
+        if not (math.isfinite(self.batch_max_delay_ms) and 0 <= self.batch_max_delay_ms <= 1000):
+            raise ConfigError(f"batch max delay must be 0..1000 ms, got {self.batch_max_delay_ms}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
@@ -144,12 +158,16 @@ def _parse_float(name: str, raw: str) -> float:
 
 _PARSERS = {
     "port": _parse_int,
+    "grpc_port": _parse_int,
     "workers": _parse_int,
     "max_request_bytes": _parse_int,
     "max_model_bytes": _parse_int,
     "download_timeout_seconds": _parse_float,
     "shutdown_delay_seconds": _parse_float,
     "fastpath": _parse_bool,
+    "batching": _parse_bool,
+    "batch_max_rows": _parse_int,
+    "batch_max_delay_ms": _parse_float,
 }
 
 

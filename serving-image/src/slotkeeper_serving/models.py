@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import fastpath
+from . import batching, fastpath
 from .config import Settings
 from .fetch import ModelLoadError, materialize, redact_uri
 from .protocol import InferRequest, ProtocolError, encode_tensor
@@ -32,6 +32,8 @@ from .protocol import InferRequest, ProtocolError, encode_tensor
 log = logging.getLogger(__name__)
 
 SKLEARN_SUFFIXES = (".joblib", ".pkl", ".pickle")
+XGBOOST_SUFFIXES = (".json", ".ubj")
+LIGHTGBM_SUFFIXES = (".txt", ".bin")
 _MESSAGE_LIMIT = 300
 
 
@@ -70,9 +72,23 @@ def _short(exc: BaseException) -> str:
 
 
 def detect_format(path: Path) -> str:
+    """score-py for .py (or a directory with score.py), xgboost for .json/.ubj,
+    lightgbm for .txt/.bin; sklearn otherwise (and whenever a directory holds a joblib/pickle file)."""
     if path.is_file():
-        return "score-py" if path.suffix == ".py" else "sklearn"
-    return "score-py" if (path / "score.py").is_file() else "sklearn"
+        suffixes = [path.suffix.lower()]
+    else:
+        if (path / "score.py").is_file():
+            return "score-py"
+        suffixes = {p.suffix.lower() for p in path.rglob("*") if p.is_file()}
+        if suffixes & set(SKLEARN_SUFFIXES):
+            return "sklearn"
+    if ".py" in suffixes and path.is_file():
+        return "score-py"
+    if set(suffixes) & set(XGBOOST_SUFFIXES):
+        return "xgboost"
+    if set(suffixes) & set(LIGHTGBM_SUFFIXES):
+        return "lightgbm"
+    return "sklearn"
 
 
 def load_model(settings: Settings) -> ServedModel:
@@ -87,7 +103,13 @@ def load_model(settings: Settings) -> ServedModel:
         model_format = settings.model_format or detect_format(path)
         if model_format == "score-py":
             return ScorePyModel.load(path)
-        return SklearnModel.load(path, use_fastpath=settings.fastpath)
+        if model_format in ("xgboost", "lightgbm"):
+            model = BoosterModel.load(path, model_format)
+        else:
+            model = SklearnModel.load(path, use_fastpath=settings.fastpath)
+        if settings.batching:
+            model.enable_batching(settings.batch_max_rows, settings.batch_max_delay_ms / 1000)
+        return model
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -96,16 +118,16 @@ def load_model(settings: Settings) -> ServedModel:
         raise ModelLoadError(message) from exc
 
 
-def _find_sklearn_file(path: Path) -> Path:
+def _find_sklearn_file(path: Path, suffixes: tuple[str, ...] = SKLEARN_SUFFIXES) -> Path:
     if path.is_file():
         return path
-    candidates = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SKLEARN_SUFFIXES)
+    candidates = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if len(candidates) != 1:
         preferred = [p for p in candidates if p.stem == "model"]
         if len(preferred) == 1:
             return preferred[0]
         raise ModelLoadError(
-            f"expected exactly one {'/'.join(SKLEARN_SUFFIXES)} file in {path}, found {len(candidates)}"
+            f"expected exactly one {'/'.join(suffixes)} file in {path}, found {len(candidates)}"
         )
     return candidates[0]
 
@@ -133,6 +155,15 @@ class SklearnModel:
             log.info("fast path: %s", why)
         self._fast_features = self.n_features or 0
         self._thread = _model_thread()
+        self.batcher: batching.Batcher | None = None
+        self.batching_reason = "off"
+
+    def enable_batching(self, max_rows: int = 512, max_delay: float = 0.0) -> bool:
+        """Batch concurrent requests if rows are verified independent on the probe set; False (and why) if not."""
+        self.batcher, self.batching_reason = _verified_batcher(
+            self._predict, self.n_features, self.output_names, self._thread, max_rows, max_delay
+        )
+        return self.batcher is not None
 
     @classmethod
     def load(cls, path: Path, *, use_fastpath: bool = True) -> SklearnModel:
@@ -206,8 +237,11 @@ class SklearnModel:
     async def infer(self, request: InferRequest) -> list[dict[str, Any]]:
         X = self._features(request)
         wanted = self._wanted(request)
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._thread, self._predict, X, wanted)
+        if self.batcher is not None and self.batcher.accepts(X):
+            results = await self.batcher.submit(X, wanted)
+        else:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._thread, self._predict, X, wanted)
         return [encode_tensor(name, value) for name, value in zip(wanted, results, strict=True)]
 
     def _predict(self, X: np.ndarray, wanted: tuple[str, ...]) -> list[Any]:
@@ -234,6 +268,146 @@ def _label_datatype(estimator: Any) -> str:
         except TypeError:
             return "BYTES"
     return "FP64"
+
+
+# ---------------------------------------------------------------- XGBoost, LightGBM
+
+
+class BoosterModel:
+    """A native XGBoost (.json/.ubj) or LightGBM (.txt) model file; output "predict".
+
+    "predict" is the booster's own prediction (XGBoost `inplace_predict`,
+    LightGBM `Booster.predict`): the objective's output, so probabilities for
+    classifiers ([rows] for binary, [rows, classes] for multi-class).
+    """
+
+    def __init__(self, booster: Any, kind: str, n_features: int, predict: Any) -> None:
+        self.booster = booster
+        self.platform = kind
+        self.n_features = n_features
+        self._predict_fn = predict
+        self.output_names = ("predict",)
+        probe = np.asarray(predict(np.zeros((2, n_features), dtype=np.float64)))
+        self._out_datatype = _datatype_or_fp64(probe)
+        self._out_shape = [-1, *probe.shape[1:]]
+        self._thread = _model_thread()
+        self.batcher: batching.Batcher | None = None
+        self.batching_reason = "off"
+
+    def enable_batching(self, max_rows: int = 512, max_delay: float = 0.0) -> bool:
+        self.batcher, self.batching_reason = _verified_batcher(
+            self._predict_outputs, self.n_features, self.output_names, self._thread, max_rows, max_delay
+        )
+        return self.batcher is not None
+
+    def _predict_outputs(self, X: np.ndarray, wanted: tuple[str, ...]) -> list[np.ndarray]:
+        return [self._predict(X)]
+
+    @classmethod
+    def load(cls, path: Path, kind: str) -> BoosterModel:
+        if kind == "xgboost":
+            file = _find_sklearn_file(path, XGBOOST_SUFFIXES)
+            xgb = _import_extra("xgboost")
+            booster = xgb.Booster()
+            booster.load_model(str(file))
+            n_features = booster.num_features()
+            predict = booster.inplace_predict
+        else:
+            file = _find_sklearn_file(path, LIGHTGBM_SUFFIXES)
+            lgb = _import_extra("lightgbm")
+            booster = lgb.Booster(model_file=str(file))
+            n_features = booster.num_feature()
+            predict = booster.predict
+        if not n_features:
+            raise ModelLoadError(f"{file.name}: the {kind} model declares no features")
+        log.info("loaded %s model from %s (%d features)", kind, file.name, n_features)
+        return cls(booster, kind, int(n_features), predict)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [-1, self.n_features]}],
+            "outputs": [{"name": "predict", "datatype": self._out_datatype, "shape": self._out_shape}],
+        }
+
+    def _features(self, request: InferRequest) -> np.ndarray:
+        if len(request.inputs) != 1:
+            raise InputError(f"{self.platform} models take exactly one input tensor, got {len(request.inputs)}")
+        tensor = request.inputs[0]
+        if len(tensor.shape) != 2 or tensor.shape[0] == 0:
+            raise InputError(
+                f"input {tensor.name!r}: expected a 2-D shape [rows, {self.n_features}] with at least one row, "
+                f"got {list(tensor.shape)}"
+            )
+        if tensor.shape[1] != self.n_features:
+            raise InputError(
+                f"input {tensor.name!r}: the model expects {self.n_features} features, got {tensor.shape[1]}"
+            )
+        if tensor.array.dtype.kind not in "biuf":
+            raise InputError(f"input {tensor.name!r}: {self.platform} models take numeric input, got {tensor.datatype}")
+        return tensor.array
+
+    def _wanted(self, request: InferRequest) -> tuple[str, ...]:
+        for name in request.output_names or ():
+            if name != "predict":
+                raise InputError(f"unknown output {name!r}; this model offers predict")
+        return ("predict",)
+
+    def infer_inline(self, request: InferRequest) -> None:
+        return None
+
+    async def infer(self, request: InferRequest) -> list[dict[str, Any]]:
+        X = self._features(request)
+        wanted = self._wanted(request)
+        if self.batcher is not None and self.batcher.accepts(X):
+            (result,) = await self.batcher.submit(X, wanted)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._thread, self._predict, X)
+        return [encode_tensor("predict", result)]
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        try:
+            return np.asarray(self._predict_fn(X))
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"the model rejected the input: {_short(exc)}") from None
+        except Exception as exc:
+            raise ModelError(f"predict failed: {_short(exc)}") from exc
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+def _verified_batcher(predict, n_features, outputs, thread, max_rows, max_delay):
+    """(Batcher, why) if the model's rows are independent on the probe set, else (None, why not)."""
+    if n_features is None:
+        return None, "no batching: the model declares no input width"
+    try:
+        mismatch = batching.first_row_dependence(predict, n_features, tuple(outputs))
+    except Exception as exc:  # an unusual model must never break loading
+        mismatch = f"verification failed: {type(exc).__name__}"
+    if mismatch:
+        log.info("no batching: %s", mismatch)
+        return None, f"no batching: {mismatch}"
+    log.info("batching: rows verified independent (max %d rows, max delay %.1f ms)", max_rows, max_delay * 1000)
+    return batching.Batcher(predict, thread, max_rows=max_rows, max_delay=max_delay), "verified"
+
+
+def _datatype_or_fp64(array: np.ndarray) -> str:
+    from .protocol import datatype_of
+
+    try:
+        return datatype_of(array)
+    except TypeError:
+        return "FP64"
+
+
+def _import_extra(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"format {name!r} needs the {name} package: pip install 'slotkeeper-serving[{name}]' ({exc})"
+        ) from None
 
 
 # ---------------------------------------------------------------- Azure ML score.py

@@ -84,16 +84,50 @@ class InferRequest:
     inputs: tuple[Tensor, ...]
     output_names: tuple[str, ...] | None  # None: the model's default outputs
     parameters: dict[str, Any]
+    # Binary tensor data extension: outputs to answer in binary form. `binary_default`
+    # is the request's `binary_data_output` parameter; `output_binary` the
+    # per-output `binary_data` parameters, which win over it.
+    binary_default: bool = False
+    output_binary: dict[str, bool] | None = None
+
+    def wants_binary(self, name: str) -> bool:
+        if self.output_binary is not None and name in self.output_binary:
+            return self.output_binary[name]
+        return self.binary_default
 
 
-def parse_infer_request(body: bytes) -> InferRequest:
-    """Parse and validate an infer request body into typed tensors."""
+# The header of the binary tensor data extension: the length of the JSON part.
+BINARY_HEADER = "inference-header-content-length"
+BINARY_EXTENSION = "binary_tensor_data"
+
+
+def parse_infer_request(body: bytes, json_length: int | None = None) -> InferRequest:
+    """Parse and validate an infer request body into typed tensors.
+
+    `json_length` is the Inference-Header-Content-Length header (binary tensor
+    data extension): the body is that many bytes of JSON followed by the raw
+    tensor data of every input whose parameters carry `binary_data_size`, in
+    input order. None: the body is JSON only.
+    """
     if not body:
         raise ProtocolError("request body is empty; expected a JSON object with 'inputs'")
+    if json_length is None:
+        header, binary = body, None
+    else:
+        if json_length > len(body):
+            raise ProtocolError(
+                f"Inference-Header-Content-Length is {json_length} but the body has only {len(body)} bytes"
+            )
+        header, binary = body[:json_length], memoryview(body)[json_length:]
     try:
-        doc = orjson.loads(body)
+        doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+        hint = ""
+        if json_length is None:
+            hint = " (binary tensor data needs the Inference-Header-Content-Length header)"
+        elif json_length == 0:
+            hint = " (Inference-Header-Content-Length is 0)"
+        raise ProtocolError(f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"request body must be a JSON object, got {_json_type(doc)}")
 
@@ -103,16 +137,22 @@ def parse_infer_request(body: bytes) -> InferRequest:
     parameters = doc.get("parameters", {})
     if not isinstance(parameters, dict):
         raise ProtocolError("'parameters' must be an object")
+    binary_default = parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise ProtocolError("parameter 'binary_data_output' must be a boolean")
 
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("'inputs' must be a non-empty array of tensors")
-    inputs = tuple(decode_tensor(raw, i) for i, raw in enumerate(raw_inputs))
+    reader = _BinaryReader(binary)
+    inputs = tuple(decode_tensor(raw, i, reader) for i, raw in enumerate(raw_inputs))
+    reader.finish()
     names = [t.name for t in inputs]
     if len(set(names)) != len(names):
         raise ProtocolError("input names must be unique")
 
     output_names = None
+    output_binary = None
     raw_outputs = doc.get("outputs")
     if raw_outputs is not None:
         if not isinstance(raw_outputs, list):
@@ -122,11 +162,61 @@ def parse_infer_request(body: bytes) -> InferRequest:
             if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
                 raise ProtocolError(f"outputs[{i}] must be an object with a non-empty string 'name'")
             output_names.append(raw["name"])
+            out_params = raw.get("parameters")
+            if out_params is None:
+                continue
+            if not isinstance(out_params, dict):
+                raise ProtocolError(f"outputs[{i}].parameters must be an object")
+            if "binary_data" in out_params:
+                flag = out_params["binary_data"]
+                if not isinstance(flag, bool):
+                    raise ProtocolError(f"outputs[{i}]: parameter 'binary_data' must be a boolean")
+                if output_binary is None:
+                    output_binary = {}
+                output_binary[raw["name"]] = flag
         output_names = tuple(output_names)
-    return InferRequest(id=request_id, inputs=inputs, output_names=output_names, parameters=parameters)
+    return InferRequest(
+        id=request_id,
+        inputs=inputs,
+        output_names=output_names,
+        parameters=parameters,
+        binary_default=binary_default,
+        output_binary=output_binary,
+    )
 
 
-def decode_tensor(raw: Any, index: int) -> Tensor:
+class _BinaryReader:
+    """Hands out the binary part of a request body, input by input, and checks nothing is left over."""
+
+    def __init__(self, data: memoryview | None) -> None:
+        self.data = data
+        self.offset = 0
+
+    def take(self, size: int, where: str) -> memoryview:
+        if self.data is None:
+            raise ProtocolError(
+                f"{where}: 'binary_data_size' is set but the request has no Inference-Header-Content-Length "
+                "header, so there is no binary data"
+            )
+        left = len(self.data) - self.offset
+        if size > left:
+            raise ProtocolError(
+                f"{where}: binary_data_size is {size} but only {left} bytes of binary data are left in the body"
+            )
+        chunk = self.data[self.offset : self.offset + size]
+        self.offset += size
+        return chunk
+
+    def finish(self) -> None:
+        if self.data is not None and self.offset != len(self.data):
+            extra = len(self.data) - self.offset
+            raise ProtocolError(
+                f"the body has {extra} bytes of binary data after the last input's binary_data_size; "
+                "the sizes must add up to the body length minus Inference-Header-Content-Length"
+            )
+
+
+def decode_tensor(raw: Any, index: int, reader: _BinaryReader | None = None) -> Tensor:
     """One entry of 'inputs' -> Tensor, checking name, datatype, shape and data."""
     where = f"inputs[{index}]"
     if not isinstance(raw, dict):
@@ -139,6 +229,18 @@ def decode_tensor(raw: Any, index: int) -> Tensor:
     if datatype not in DATATYPES:
         raise ProtocolError(f"{where}: datatype must be one of {', '.join(DATATYPES)}, got {_short(datatype)}")
     shape = _decode_shape(raw.get("shape"), where)
+    params = raw.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise ProtocolError(f"{where}: 'parameters' must be an object")
+    if params and "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if type(size) is not int or size < 0:
+            raise ProtocolError(f"{where}: 'binary_data_size' must be a non-negative integer, got {_short(size)}")
+        if "data" in raw:
+            raise ProtocolError(f"{where}: has both 'data' and 'binary_data_size'; send one")
+        chunk = (reader or _BinaryReader(None)).take(size, where)
+        array = _binary_to_array(chunk, datatype, shape, where)
+        return Tensor(name=name, datatype=datatype, shape=shape, array=array)
     if "data" not in raw:
         raise ProtocolError(f"{where}: 'data' is missing")
     data = raw["data"]
@@ -150,6 +252,55 @@ def decode_tensor(raw: Any, index: int) -> Tensor:
     if array.size != expected:
         raise ProtocolError(f"{where}: shape {list(shape)} needs {expected} elements, data has {array.size}")
     return Tensor(name=name, datatype=datatype, shape=shape, array=array.reshape(shape))
+
+
+def _binary_to_array(chunk: memoryview, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _binary_bytes(chunk, count, where).reshape(shape)
+    dtype = DATATYPES[datatype].newbyteorder("<")
+    expected = count * dtype.itemsize
+    if len(chunk) != expected:
+        raise ProtocolError(
+            f"{where}: shape {list(shape)} of {datatype} needs {expected} bytes of binary data "
+            f"({count} x {dtype.itemsize}), binary_data_size is {len(chunk)}"
+        )
+    if datatype == "BOOL":
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        if raw.size and raw.max() > 1:
+            raise ProtocolError(f"{where}: BOOL binary data must be bytes 0 or 1")
+        return raw.astype(np.bool_).reshape(shape)
+    # A copy in native byte order: the body buffer is read-only and may be reused.
+    array = np.frombuffer(chunk, dtype=dtype).astype(DATATYPES[datatype])
+    return array.reshape(shape)
+
+
+def _binary_bytes(chunk: memoryview, count: int, where: str) -> np.ndarray:
+    # Each element: a 4-byte little-endian length, then that many bytes.
+    data = bytes(chunk)
+    items: list[str] = []
+    offset, end = 0, len(data)
+    for i in range(count):
+        if offset + 4 > end:
+            raise ProtocolError(
+                f"{where}: BYTES binary data ends before element {i} of {count} (no room for its 4-byte length)"
+            )
+        length = int.from_bytes(data[offset : offset + 4], "little")
+        offset += 4
+        if offset + length > end:
+            raise ProtocolError(
+                f"{where}: BYTES element {i} declares {length} bytes but only {end - offset} are left"
+            )
+        try:
+            items.append(data[offset : offset + length].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{where}: BYTES element {i} is not valid UTF-8 (this server passes BYTES as text)") from None
+        offset += length
+    if offset != end:
+        raise ProtocolError(f"{where}: {end - offset} bytes of BYTES binary data left after {count} elements")
+    if not items:
+        return np.empty(0, dtype=np.str_)
+    return np.array(items, dtype=np.str_)
 
 
 def _decode_shape(shape: Any, where: str) -> tuple[int, ...]:
@@ -223,6 +374,12 @@ def datatype_of(array: np.ndarray) -> str:
         raise TypeError(f"no Open Inference Protocol datatype for numpy dtype {array.dtype}") from None
 
 
+class OutputTensor(dict):
+    """A v2 output tensor as JSON (a dict, serialized as is) that keeps its array for binary answers."""
+
+    __slots__ = ("array",)
+
+
 def encode_tensor(name: str, value: Any) -> dict[str, Any]:
     """A numpy array (or anything np.asarray takes) -> a v2 output tensor, data flattened row-major."""
     array = np.asarray(value)
@@ -234,7 +391,9 @@ def encode_tensor(name: str, value: Any) -> dict[str, Any]:
     elif array.dtype.kind == "f" and not np.isfinite(array).all():
         # JSON has no NaN/Infinity; null is what other v2 servers emit.
         data = [x if math.isfinite(x) else None for x in data]
-    return {"name": name, "shape": shape, "datatype": datatype, "data": data}
+    tensor = OutputTensor(name=name, shape=shape, datatype=datatype, data=data)
+    tensor.array = array
+    return tensor
 
 
 def _as_text(item: Any) -> str:
@@ -245,16 +404,65 @@ def _as_text(item: Any) -> str:
     return str(item)
 
 
+def tensor_bytes(datatype: str, array: np.ndarray) -> bytes:
+    """The binary tensor data extension's form of an array: row-major little-endian; BYTES length-prefixed."""
+    if datatype == "BYTES":
+        parts = []
+        for item in array.reshape(-1).tolist():
+            raw = item if isinstance(item, bytes) else _as_text(item).encode("utf-8")
+            parts.append(len(raw).to_bytes(4, "little"))
+            parts.append(raw)
+        return b"".join(parts)
+    if datatype == "BOOL":
+        return np.ascontiguousarray(array, dtype=np.bool_).tobytes()
+    return np.ascontiguousarray(array, dtype=DATATYPES[datatype].newbyteorder("<")).tobytes()
+
+
 def encode_infer_response(
     model_name: str, model_version: str, request_id: str | None, outputs: list[dict[str, Any]]
 ) -> bytes:
+    """A JSON-only infer response body."""
+    return encode_answer(model_name, model_version, request_id, outputs)[0]
+
+
+def encode_answer(
+    model_name: str,
+    model_version: str,
+    request_id: str | None,
+    outputs: list[dict[str, Any]],
+    request: InferRequest | None = None,
+) -> tuple[bytes, int | None]:
+    """(body, json_length): json_length is None for a plain JSON body, else the
+    Inference-Header-Content-Length of a body with binary output data appended."""
     response: dict[str, Any] = {"model_name": model_name}
     if model_version:
         response["model_version"] = model_version
     if request_id is not None:
         response["id"] = request_id
+    binary_parts: list[bytes] = []
+    if request is not None and (request.binary_default or request.output_binary):
+        encoded = []
+        for output in outputs:
+            array = getattr(output, "array", None)
+            if array is None or not request.wants_binary(output["name"]):
+                encoded.append(output)
+                continue
+            raw = tensor_bytes(output["datatype"], array)
+            binary_parts.append(raw)
+            encoded.append(
+                {
+                    "name": output["name"],
+                    "shape": output["shape"],
+                    "datatype": output["datatype"],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            )
+        outputs = encoded
     response["outputs"] = outputs
-    return orjson.dumps(response)
+    header = orjson.dumps(response)
+    if not binary_parts:
+        return header, None
+    return b"".join([header, *binary_parts]), len(header)
 
 
 def error_body(message: str) -> bytes:
