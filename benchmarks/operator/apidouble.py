@@ -1,12 +1,17 @@
-"""The benchmark's Kubernetes API double: the integration harness's KMock-based ClusterEmulator
-(tests/integration/kmock_cluster.py: its store, watch, patch and status-subresource semantics), with
+"""The benchmark's Kubernetes API double: the integration harness's ClusterEmulator
+(tests/integration/kmock_cluster.py: the apiserver semantics it pins -- defaulting, validation,
+managedFields and server-side apply, label and field selectors on lists and watches, watch
+replays from a resourceVersion), with
 
-* three changes for speed, none to what is answered: KMock's request routing filters the whole
-  request history for each request, and its object lookups scan every stored object (both quadratic:
-  ~10 requests/s after a few thousand requests or objects); the emulator's copy.deepcopy of every
-  stored object and event becomes an orjson round trip;
-* counts of the operator's requests by verb and resource, and of the TCP connections it opened
-  (the benchmark's own requests carry KMock's User-Agent and are not counted);
+* speed-ups that change nothing that is answered: KMock's request routing filters the whole
+  request history for each request (quadratic: ~10 requests/s after a few thousand requests),
+  so it sees only the request at hand; KMock's list of served resources, which the harness asks
+  for on every request, iterates over every stored object (15 ms per request with 10,000
+  objects), so the store counts its keys by resource; copy.deepcopy in the harness (merge
+  patches, strategic-merge lists, Kube.peek) becomes an orjson round trip;
+* counts of the operator's requests by verb and resource, of the TCP connections it opened, of
+  the objects listed and watch events sent to it, and the label selectors its lists and watches
+  asked for (the benchmark's own requests carry KMock's User-Agent and are not counted);
 * the Deployment controller: each Deployment is marked fully ready (patching /status through the
   API) as soon as it is created or scaled;
 * what the timings need: each endpoint Service's selector and each endpoint's phase as stored, with
@@ -69,7 +74,57 @@ def json_copy(value: Any, memo: Any = None) -> Any:
     return orjson.loads(orjson.dumps(value))
 
 
-kmock_cluster.copy = types.SimpleNamespace(deepcopy=json_copy)  # the harness module's only use of `copy`
+# The harness module's uses of `copy` (merge patches, strategic-merge lists, Kube.peek) all copy JSON documents.
+kmock_cluster.copy = types.SimpleNamespace(deepcopy=json_copy)
+
+
+class ObjectsByResource(dict):
+    """KMock's store of objects (ObjectsArray's dict, key (resource, namespace, name)), also counting
+    its keys by resource, so that "which resources have objects" needs no scan of every object."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.per_resource: collections.Counter = collections.Counter()
+        self.update(*args, **kwargs)
+
+    def __setitem__(self, key: tuple, value: Any) -> None:
+        if key not in self:
+            self.per_resource[key[0]] += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: tuple) -> None:
+        super().__delitem__(key)
+        self._forget(key)
+
+    def _forget(self, key: tuple) -> None:
+        self.per_resource[key[0]] -= 1
+        if not self.per_resource[key[0]]:
+            del self.per_resource[key[0]]
+
+    def pop(self, key: tuple, *default: Any) -> Any:
+        present = key in self
+        value = super().pop(key, *default)
+        if present:
+            self._forget(key)
+        return value
+
+    def popitem(self) -> tuple:
+        key, value = super().popitem()
+        self._forget(key)
+        return key, value
+
+    def setdefault(self, key: tuple, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def clear(self) -> None:
+        super().clear()
+        self.per_resource.clear()
 
 
 @attrs.define(kw_only=True)
@@ -78,6 +133,10 @@ class BenchEmulator(ClusterEmulator):
     by_resource: collections.Counter = attrs.field(factory=collections.Counter, init=False)
     event_reasons: collections.Counter = attrs.field(factory=collections.Counter, init=False)  # Events posted
     connections: int = attrs.field(default=0, init=False)
+    # the operator's watch events, by resource plural, and the labelSelector its lists and watches sent
+    watch_events: collections.Counter = attrs.field(factory=collections.Counter, init=False)
+    listed: collections.Counter = attrs.field(factory=collections.Counter, init=False)  # items in its lists
+    label_selectors: dict = attrs.field(factory=dict, init=False)  # (verb, plural) -> {labelSelector or None}
     last_request: float = attrs.field(default=0.0, init=False)  # monotonic time of the operator's last
     selectors: dict = attrs.field(factory=dict, init=False)  # endpoint -> the slot its Service selects
     blue_at: dict = attrs.field(factory=dict, init=False)  # endpoint -> when it first selected blue
@@ -90,12 +149,22 @@ class BenchEmulator(ClusterEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self._requests = CurrentRequestOnly()
+        # private (kmock): ObjectsArray's dict; ObjectsArray is frozen
+        object.__setattr__(self._objects, "_objects", ObjectsByResource(self._objects._objects))
+
+    def _get_resources(self) -> list[kmock.resource]:
+        """KubernetesEmulator._get_resources (the declared resources and those of stored objects)
+        without iterating over every stored object: the harness asks it on every request."""
+        declared = kmock.KubernetesScaffold._get_resources(self)
+        return list(set(declared) | set(self._objects._objects.per_resource))
 
     def reset_counts(self) -> None:
         self.counts.clear()
         self.by_resource.clear()
         self.event_reasons.clear()
         self.connections = 0
+        self.watch_events.clear()
+        self.listed.clear()
 
     async def _handle(self, request: kmock.Request):
         if not request.headers.get("User-Agent", "").startswith(OURS):
@@ -106,34 +175,33 @@ class BenchEmulator(ClusterEmulator):
             self.by_resource[what, plural + (f"/{request.subresource}" if request.subresource else "")] += 1
             if plural == "events" and isinstance(request.data, dict):
                 self.event_reasons[request.data.get("reason")] += 1
+            if what in ("LIST", "WATCH"):
+                self.label_selectors.setdefault((what, plural), set()).add(request.params.get("labelSelector"))
             transport = request._raw_request.transport  # private (kmock): the aiohttp request
             if transport is not None and transport not in self._transports:
                 self._transports.add(transport)
                 self.connections += 1
         return await super()._handle(request)
 
-    # KMock's own readers of single objects, by key instead of a scan (same objects, same answers).
-    def _stored(self, request: kmock.Request, namespace: str | None = None, name: str | None = None):
-        key = (request.resource, namespace or request.namespace, name or request.name)
-        return self._objects._objects.get(key)  # private (kmock): ObjectsArray's dict
+    async def _serve_list(self, request: kmock.Request) -> dict[str, Any]:
+        answer = await super()._serve_list(request)
+        if not request.headers.get("User-Agent", "").startswith(OURS):
+            self.listed[request.resource.plural] += len(answer["items"])
+        return answer
 
-    async def _serve_fetch(self, request: kmock.Request):
-        obj = self._stored(request)
-        if obj is None or obj.deleted:
-            raise kmock.KubernetesObjectNotFoundError()
-        return obj.raw
+    async def _serve_watch(self, request: kmock.Request):
+        """The harness's watch stream, counting the events sent to the operator."""
+        theirs = not request.headers.get("User-Agent", "").startswith(OURS)
+        plural = request.resource.plural if request.resource else "?"
+        async with contextlib.aclosing(super()._serve_watch(request)) as stream:
+            async for item in stream:
+                if theirs and isinstance(item, dict):
+                    self.watch_events[plural] += 1
+                yield item
 
-    async def _serve_create(self, request: kmock.Request):
-        meta = request.data.get("metadata", {})
-        return self._stored(request, meta.get("namespace"), meta.get("name")).raw
-
-    async def _serve_update(self, request: kmock.Request):
-        return self._stored(request).last.raw
-
-    _serve_delete = _serve_update
-
-    async def _emit(self, resource: kmock.resource, type_: str, raw: Mapping[str, Any]) -> None:
-        await super()._emit(resource, type_, raw)
+    async def _emit(self, resource: kmock.resource, type_: str, raw: Mapping[str, Any],
+                    old: Mapping[str, Any] | None = None) -> None:
+        await super()._emit(resource, type_, raw, old)
         if type_ == "DELETED":
             return
         meta = raw.get("metadata", {})
@@ -171,10 +239,14 @@ class BenchEmulator(ClusterEmulator):
         await asyncio.gather(*(work() for _ in range(workers)))
 
 
-async def start() -> tuple[BenchEmulator, kmock.Server, contextlib.AsyncExitStack]:
-    """The emulator serving HTTP on 127.0.0.1:<random port>; close the stack to stop it."""
+async def start(namespaces: tuple[str, ...] = ()) -> tuple[BenchEmulator, kmock.Server, contextlib.AsyncExitStack]:
+    """The emulator serving HTTP on 127.0.0.1:<random port>, with these namespaces created through
+    its API (objects in a missing namespace are refused); close the stack to stop it."""
     stack = contextlib.AsyncExitStack()
     emulator = await stack.enter_async_context(BenchEmulator())
     server = await stack.enter_async_context(kmock.Server(emulator))
     kmock_cluster.declare_resources(emulator)
+    kube = Kube(emulator)
+    for namespace in namespaces:
+        await kube.create_namespace(namespace)
     return emulator, server, stack

@@ -41,6 +41,8 @@ def report_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.queueing.worker_limit, settings.queueing.idle_timeout = None, 5.0
     queueing = settings.queueing
     print(f"BENCH queueing worker_limit={queueing.worker_limit} idle_timeout={queueing.idle_timeout:g}", flush=True)
+    selectors = {f"{key}": value for key, value in settings.watching.label_selectors.items()}
+    print(f"BENCH label_selectors {selectors or 'none'}", flush=True)
 
 
 def report_gc_pauses() -> None:

@@ -24,6 +24,17 @@ fresh API double and operator:
 --sweep also measures create + RSS at the largest N for one change at a time (SWEEP); --tweaks adds
 tweaks.py changes to every configuration (experiments).
 Writes results.json and RESULTS.md next to this file (a sweep not re-run is kept from before).
+
+    run.py --unrelated 10000 --endpoints 1000 --repeat 2 [--configs as-is no-selectors] [--append]
+
+The unrelated-objects case instead: each configuration (default: as is, and no-selectors, the
+operator before its watches sent label selectors) --repeat times with an empty cluster and with
+COUNT objects it does not own (unrelated.py: half Pods with realistic bodies and statuses, half
+Services, in four namespaces, created through the API before the operator starts), alternating
+which comes first. Measured: startup (until the operator's CPU is quiet: the initial listings),
+RSS, create and settle as above with the operator's CPU until settled, and the idle window with
+--update-rate writes per second to random unrelated objects; the watch events the double sent
+to the operator. Writes results-unrelated.json and its section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ from pathlib import Path
 
 import aiohttp.web
 import apidouble  # first: it puts tests/integration (kmock_cluster) on sys.path
+import unrelated as unrelated_objects
 from kmock_cluster import DEPLOYMENTS, MODELENDPOINTS, PODS, SERVICES, Kube
 
 HERE = Path(__file__).resolve().parent
@@ -57,6 +69,7 @@ WRITES = ("POST", "PATCH", "PUT", "DELETE")
 SPEC = {"model": {"name": "m", "uri": "file:///models/m/1/model.joblib"}}
 NEW_MODEL = {"name": "m", "uri": "file:///models/m/2/model.joblib"}
 FINDINGS = "## Findings"  # RESULTS.md from this heading on is written by hand and kept
+UNRELATED_RESULTS = "results-unrelated.json"  # run.py --unrelated
 GOALS = {"rss_mib_at_1000": 150, "endpoints_per_s": 50, "idle_writes": 0,
          "idle_reads_per_endpoint_per_min": 0.1, "revert_p95_ms": 1000}
 
@@ -75,6 +88,14 @@ def queueing(worker_limit: int, idle_timeout: float) -> tuple[tuple[str, str], .
 AS_IS = Config("as is")
 # What is still to do on top of the operator as is (cf6c15f took the queueing, log and connection changes).
 RECOMMENDED = Config("recommended", tweaks=("no_kubernetes", "gc_freeze"))
+# The operator before its watches of Deployments, Pods and Services sent a label selector. With the
+# operator's 20 workers per watched kind it never gets past its initial listings when one of the
+# indexed kinds lists more than 20 objects (kopf: each worker waits until every listed object is
+# indexed, the 21st never gets a worker): so also with the worker limit lifted, to measure it at all.
+NO_SELECTORS_20 = Config("no server-side selectors", tweaks=("no_selectors",))
+NO_SELECTORS = Config("no server-side selectors, 100000 workers", (("SLOTKEEPER_WORKER_LIMIT", "100000"),),
+                      tweaks=("no_selectors",))
+CONFIGS = {"as-is": AS_IS, "recommended": RECOMMENDED, "no-selectors": NO_SELECTORS, "no-selectors-20": NO_SELECTORS_20}
 SWEEP = [  # one change at a time from the operator as is
     Config("kopf's queueing defaults", (("BENCH_KOPF_QUEUEING", "1"),)),
     Config("queueing 100/2 (before cf6c15f)", queueing(100, 2)),
@@ -218,6 +239,21 @@ async def quiet_machine(operator: Operator, limit: float = 0.1, longest: float =
     return round(time.monotonic() - started, 1)
 
 
+async def quiet_operator(operator: Operator, limit: float = 0.02, longest: float = 180) -> float:
+    """Wait (up to `longest` s) until the operator uses < `limit` CPU s per second for 2 s in a row; the wait."""
+    started, calm = time.monotonic(), 0
+    while calm < 2 and time.monotonic() - started < longest:
+        before = operator.cpu()
+        await asyncio.sleep(1)
+        operator.check()
+        calm = calm + 1 if operator.cpu() - before < limit else 0
+    return round(time.monotonic() - started, 1)
+
+
+def loadavg() -> list[float]:
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
 async def settle(double: apidouble.BenchEmulator, operator: Operator, quiet: float = 5.0,
                  longest: float = 120) -> float | None:
     """Until the operator has sent no request for `quiet` s: how long it went on; None: still after `longest` s."""
@@ -311,22 +347,46 @@ def requests_table(double: apidouble.BenchEmulator) -> dict:
             "by_resource": {f"{v} {r}": n for (v, r), n in sorted(double.by_resource.items())}}
 
 
-async def measure(n: int, config: Config, args: argparse.Namespace, full: bool, result: dict) -> None:
-    """Fills `result` as it goes (what was measured before a failure stays)."""
-    double, server, stack = await apidouble.start()
+async def measure(n: int, config: Config, args: argparse.Namespace, full: bool, result: dict,
+                  unrelated: int | None = None) -> None:
+    """Fills `result` as it goes (what was measured before a failure stays).
+
+    `unrelated` (the --unrelated case): that many objects the operator does not own are created
+    before it starts and updated during the idle window (unrelated.py); then create, settle and
+    idle are measured, with the operator's CPU per phase, and no reverts.
+    """
+    case = unrelated is not None
+    double, server, stack = await apidouble.start((NAMESPACE, *(unrelated_objects.NAMESPACES if case else ())))
     controller = asyncio.create_task(double.deployment_controller())
     checks = CheckServer()
     await checks.start()
-    log = HERE / ".logs" / f"operator-{n}-{re.sub(r'[^a-z0-9]+', '_', config.name.lower())}.log"
-    log.parent.mkdir(exist_ok=True)
-    operator = Operator(str(server.url).rstrip("/"), config, args.resync if full else None, log)
     kube = Kube(double, namespace=NAMESPACE)
-    double_gc = GcPauses()
     result.update(endpoints=n, config=config.name, tweaks=list(config.tweaks), env=dict(config.env))
+    if case:
+        result.update(unrelated=unrelated, load_average_before=loadavg())
+        objects = await unrelated_objects.create(kube, unrelated)
+        result["unrelated_objects"] = {"pods": len(objects.pods), "services": len(objects.services),
+                                       "namespaces": len(unrelated_objects.NAMESPACES) if unrelated else 0,
+                                       "created_in_s": objects.seconds,
+                                       "stored_bytes_per_pod": objects.stored_pod_bytes,
+                                       "stored_bytes_per_service": objects.stored_service_bytes}
+    log = HERE / ".logs" / (f"operator-{n}-{re.sub(r'[^a-z0-9]+', '_', config.name.lower())}"
+                            + (f"-unrelated{unrelated}" if case else "") + ".log")
+    log.parent.mkdir(exist_ok=True)
+    launched = time.monotonic()
+    operator = Operator(str(server.url).rstrip("/"), config, args.resync if full else None, log)
+    double_gc = GcPauses()
     try:
         watched = (MODELENDPOINTS, DEPLOYMENTS, SERVICES, PODS)
-        await wait_for(lambda: all(double.watch_count(r) for r in watched), 30, "operator ready", operator)
+        await wait_for(lambda: all(double.watch_count(r) for r in watched), 60 if case else 30, "operator ready",
+                       operator)
         await settle(double, operator, quiet=1.0)
+        if case:  # the initial listings are processed without a request: until the operator's CPU is quiet
+            result["startup"] = {"quiet_after_s": await quiet_operator(operator)}
+            result["startup"].update(seconds=round(time.monotonic() - launched, 1), operator_cpu_s=round(operator.cpu(), 2),
+                                     watch_events=dict(double.watch_events), listed=dict(double.listed),
+                                     label_selectors={f"{v} {r}": sorted(map(str, s))
+                                                      for (v, r), s in sorted(double.label_selectors.items())})
         result["queueing"] = operator.queueing()
         result["rss_mib"] = {"empty": mib(operator.memory()["VmRSS"])}
 
@@ -360,7 +420,12 @@ async def measure(n: int, config: Config, args: argparse.Namespace, full: bool, 
         }
         # after all were promoted (None: still going after 2 minutes, 30 s in the sweep)
         result["create"]["requests_went_on_s"] = await settle(double, operator, longest=120 if full else 30)
+        if case:  # from the first POST until no request for 5 s
+            result["create"]["operator_cpu_to_settled_s"] = round(operator.cpu() - before[0], 2)
+            result["create"]["operator_cpu_s_exact"] = round(operator_cpu, 2)
         result["create"]["requests"] = requests_table(double)
+        if case:
+            result["create"]["watch_events"] = dict(double.watch_events)
         result["create"]["requests_per_endpoint"] = round(sum(double.counts.values()) / n, 1)
         memory = operator.memory()
         result["rss_mib"].update(settled=mib(memory["VmRSS"]), peak=mib(memory["VmHWM"]), anon=mib(memory["RssAnon"]))
@@ -372,6 +437,10 @@ async def measure(n: int, config: Config, args: argparse.Namespace, full: bool, 
             return
 
         double.reset_counts()
+        if case:
+            trickle = unrelated_objects.Trickle(kube, objects, args.update_rate)
+            idle_before = (operator.cpu(), cpu_seconds(), busy_cpu_seconds())
+            trickle.start()
         await asyncio.sleep(args.idle)
         writes = sum(count for verb, count in double.counts.items() if verb in WRITES)
         reads = sum(double.counts.values()) - writes
@@ -379,8 +448,20 @@ async def measure(n: int, config: Config, args: argparse.Namespace, full: bool, 
                           "requests": requests_table(double), "writes": writes, "reads": reads,
                           "reads_per_endpoint_per_min": round(reads / n * 60 / args.idle, 4),
                           "writes_per_endpoint_per_min": round(writes / n * 60 / args.idle, 4)}
+        if case:
+            updates = await trickle.stop()
+            operator_cpu, double_cpu = operator.cpu() - idle_before[0], cpu_seconds() - idle_before[1]
+            result["idle"].update(
+                unrelated_updates=updates, watch_events=dict(double.watch_events),
+                operator_cpu_s=round(operator_cpu, 2), double_cpu_s=round(double_cpu, 1),
+                others_cpu_s=round(max(0.0, busy_cpu_seconds() - idle_before[2] - operator_cpu - double_cpu), 1))
         result["rss_mib"]["after_idle"] = mib(operator.memory()["VmRSS"])
-        print(f"  idle {args.idle:g} s: {dict(double.counts) or 'no request'}", flush=True)
+        print(f"  idle {args.idle:g} s: {dict(double.counts) or 'no request'}"
+              + (f"; operator CPU {result['idle']['operator_cpu_s']} s, watch events {dict(double.watch_events)}"
+                 if case else ""), flush=True)
+        if case:
+            result["load_average_after"] = loadavg()
+            return
 
         k = min(args.rollbacks, n // 2)
         result["revert"] = await rollbacks(double, kube, checks, operator, names[:k], 1, args.stagger)
@@ -481,11 +562,158 @@ def write_report(results: dict) -> None:
     if sweep and sweep["runs"]:
         lines += [f"## One change at a time (N={sweep['runs'][0]['endpoints']}, create + RSS only, {sweep['when']})",
                   "", *summary_rows(sweep["runs"]), ""]
+    unrelated = HERE / UNRELATED_RESULTS
+    if unrelated.exists():
+        lines += unrelated_section(json.loads(unrelated.read_text()))
     report = HERE / "RESULTS.md"
     kept = report.read_text().split(FINDINGS, 1) if report.exists() else []
     if len(kept) == 2:  # the hand-written analysis below the generated part stays
         lines += [FINDINGS + kept[1]]
     report.write_text("\n".join(lines))
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else float("nan")
+
+
+def _span(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{_mean(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+UNRELATED_FIGURES = {  # label -> (value of a run, digits)
+    "RSS settled MiB": (lambda r: r["rss_mib"]["settled"], 1),
+    "RSS after idle MiB": (lambda r: r["rss_mib"]["after_idle"], 1),
+    "CPU create+settle s": (lambda r: r["create"]["operator_cpu_to_settled_s"], 2),
+    "CPU idle s": (lambda r: r["idle"]["operator_cpu_s"], 2),
+}
+
+
+def unrelated_goal(runs: list[dict], config: str, n: int) -> list[tuple[str, float, float, float]]:
+    """(figure, empty mean, unrelated mean, ratio - 1) for one configuration and N."""
+    done = [r for r in runs if r["config"] == config and r["endpoints"] == n and "after_idle" in r.get("rss_mib", {})]
+    out = []
+    for figure, (value, _) in UNRELATED_FIGURES.items():
+        empty = [value(r) for r in done if not r["unrelated"]]
+        loaded = [value(r) for r in done if r["unrelated"]]
+        if empty and loaded:
+            out.append((figure, _mean(empty), _mean(loaded), _mean(loaded) / _mean(empty) - 1))
+    return out
+
+
+def unrelated_section(results: dict) -> list[str]:
+    runs = results["runs"]
+    unrelated = max((r.get("unrelated") or 0 for r in runs), default=0)
+    lines = [f"## Unrelated objects in the cluster ({results['when']}, operator at {results['commit']})", "",
+             (f"`{results['command']}`: each configuration with an empty cluster and with {unrelated:,} objects "
+              f"slotkeeper does not own (unrelated.py: {results['describe']}), alternately, fresh API double and "
+              f"operator each time. Then N endpoints are created, settle (no request for 5 s) and idle for "
+              f"{results['idle_s']:g} s, during which {results['update_rate_per_s']:g} writes/s go to random "
+              f"unrelated objects. Operator CPU: from the first POST until settled, and over the idle window. "
+              f"\"no server-side selectors\": tweaks.py `no_selectors` (the operator before its watches sent "
+              f"`labelSelector`). Load: /proc/loadavg before/after the run; others: CPU seconds other processes "
+              f"used during create / idle ({os.cpu_count()} CPUs). {results['machine']}."), "",
+             "| N | operator | unrelated | runs | RSS empty MiB | RSS settled MiB | RSS after idle MiB "
+             "| CPU create+settle s | CPU idle s | endpoints/s | startup: quiet after s, CPU s |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        if "after_idle" in run.get("rss_mib", {}):
+            groups.setdefault((run["endpoints"], run["config"], run["unrelated"]), []).append(run)
+    for (n, config, count), group in groups.items():
+        lines.append(" | ".join([
+            f"| {n}", config, f"{count:,}", str(len(group)),
+            _span([r["rss_mib"]["empty"] for r in group]), _span([r["rss_mib"]["settled"] for r in group]),
+            _span([r["rss_mib"]["after_idle"] for r in group]),
+            _span([r["create"]["operator_cpu_to_settled_s"] for r in group], 2),
+            _span([r["idle"]["operator_cpu_s"] for r in group], 2),
+            _span([r["create"]["endpoints_per_s"] for r in group]),
+            f"{_span([r['startup']['seconds'] for r in group])}, {_span([r['startup']['operator_cpu_s'] for r in group], 2)}",
+        ]) + " |")
+    lines += ["", "Goal: RSS and CPU with the unrelated objects within 10 % of the empty cluster (means):", ""]
+    for n, config in dict.fromkeys((n, c) for n, c, _ in groups):
+        for figure, empty, loaded, change in unrelated_goal(runs, config, n):
+            lines.append(f"- N={n}, {config}: {figure}: {empty:.2f} → {loaded:.2f} ({change:+.1%}): "
+                         f"{'MET' if abs(change) <= 0.10 else 'MISSED'}")
+    lines += ["", "Each run, in order:", "",
+              "| # | N | operator | unrelated | RSS empty / settled / after idle MiB | CPU create / +settle / idle s "
+              "| endpoints/s | objects listed + watch events to the operator at startup; watch events in idle | unrelated writes in idle "
+              "| others CPU create / idle s | load before → after | quiet-machine wait s |",
+              "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for i, run in enumerate(runs, 1):
+        if "after_idle" not in run.get("rss_mib", {}):
+            lines.append(f"| {i} | {run['endpoints']} | {run['config']} | {run.get('unrelated')} | failed: "
+                         f"{run.get('error', '?')} |" + " |" * 7)
+            continue
+        rss, create, idle = run["rss_mib"], run["create"], run["idle"]
+        lines.append(" | ".join([
+            f"| {i}", str(run["endpoints"]), run["config"], f"{run['unrelated']:,}",
+            f"{rss['empty']} / {rss['settled']} / {rss['after_idle']}",
+            f"{create['operator_cpu_s_exact']} / {create['operator_cpu_to_settled_s']} / {idle['operator_cpu_s']}",
+            str(create["endpoints_per_s"]),
+            f"{sum(run['startup'].get('listed', {}).values()):,} + {sum(run['startup']['watch_events'].values()):,}; "
+            f"{sum(idle['watch_events'].values()):,}",
+            str(sum(idle["unrelated_updates"].values())) if run["unrelated"] else "-",
+            f"{create['others_cpu_s']} / {idle['others_cpu_s']}",
+            f"{' '.join(map(str, run['load_average_before']))} → {' '.join(map(str, run['load_average_after']))}",
+            str(create["waited_for_quiet_machine_s"]),
+        ]) + " |")
+    selectors = {key: value for run in runs for key, value in run.get("startup", {}).get("label_selectors", {}).items()
+                 if run["config"] == AS_IS.name}
+    if selectors:
+        lines += ["", "labelSelector of the operator's lists and watches (as is): "
+                  + "; ".join(f"{key}: {', '.join(f'`{v}`' for v in value)}" for key, value in selectors.items()), ""]
+    return lines
+
+
+def write_unrelated(results: dict) -> None:
+    (HERE / UNRELATED_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+    main_results = HERE / "results.json"
+    if main_results.exists():  # the generated part of RESULTS.md again, now with this section
+        write_report(json.loads(main_results.read_text()))
+
+
+async def main_unrelated(args: argparse.Namespace) -> dict:
+    """--unrelated: each configuration alternately without and with the unrelated objects."""
+    os.sched_setaffinity(0, {DOUBLE_CPU})
+    previous = HERE / UNRELATED_RESULTS
+    results: dict = {
+        "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "commit": args.commit,
+        "command": "benchmarks/operator/run.py " + " ".join(sys.argv[1:]),
+        "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
+                   f"load average {os.getloadavg()[0]:.2f} at the start",
+        "describe": (f"{args.unrelated - args.unrelated // 2:,} Pods and {args.unrelated // 2:,} Services in "
+                     f"{len(unrelated_objects.NAMESPACES)} namespaces, created before the operator starts"),
+        "idle_s": args.idle, "update_rate_per_s": args.update_rate, "runs": [],
+    }
+    if args.append and previous.exists():
+        earlier = json.loads(previous.read_text())
+        results["runs"] = earlier["runs"]
+        results["command"] = earlier["command"] + " ; " + results["command"]
+    configs = [CONFIGS[name] for name in args.configs]
+    if args.tweaks:
+        configs = [Config(f"{c.name} + {'+'.join(args.tweaks)}", c.env, (*c.tweaks, *args.tweaks)) for c in configs]
+    plan = []
+    for round_ in range(args.repeat):
+        for n in args.endpoints:
+            for config in configs:  # empty first, then unrelated first, ... (counting the runs kept by --append)
+                earlier = sum(1 for r in results["runs"] if r.get("endpoints") == n and r.get("config") == config.name)
+                order = (0, args.unrelated) if (round_ + earlier // 2) % 2 == 0 else (args.unrelated, 0)
+                plan += [(n, config, count) for count in order]
+    for n, config, count in plan:
+        print(f"N={n}, {config.name}, {count} unrelated objects, load {loadavg()}", flush=True)
+        results["runs"].append(result := {})
+        try:
+            await measure(n, config, args, True, result, unrelated=count)
+        except (TimeoutError, RuntimeError) as error:
+            print(f"  failed: {error}", flush=True)
+            result["error"] = str(error)
+            result.setdefault("unrelated", count)
+        write_unrelated(results)
+    return results
 
 
 def operator_commit() -> str:
@@ -508,7 +736,7 @@ async def main(args: argparse.Namespace) -> dict:
         results["sweep"] = {"when": results["when"], "runs": []}
     elif previous.exists():
         results["sweep"] = json.loads(previous.read_text()).get("sweep")
-    configs = [{"as-is": AS_IS, "recommended": RECOMMENDED}[name] for name in args.configs]
+    configs = [CONFIGS[name] for name in args.configs]
     if args.tweaks:  # an experiment: more candidate changes on top
         configs = [Config(f"{c.name} + {'+'.join(args.tweaks)}", c.env, (*c.tweaks, *args.tweaks)) for c in configs]
     plan = [(n, config, True, results["runs"]) for n in args.endpoints for config in configs]
@@ -535,16 +763,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rollbacks", type=int, default=50, help="reverts with intervalSeconds 1 (default 50)")
     parser.add_argument("--default-rollbacks", type=int, default=20, help="reverts with the default intervals")
     parser.add_argument("--stagger", type=float, default=0.2, help="seconds between the rollouts started")
-    parser.add_argument("--configs", nargs="+", choices=["as-is", "recommended"], default=["as-is", "recommended"])
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None,
+                        help="default: as-is recommended; with --unrelated: as-is no-selectors")
     parser.add_argument("--tweaks", nargs="*", default=[], help="tweaks.py changes to add to every configuration")
     parser.add_argument("--sweep", action="store_true", help="also one change at a time, create + RSS, largest N")
     parser.add_argument("--create-timeout", type=float, default=300)
-    return parser.parse_args()
+    parser.add_argument("--unrelated", type=int, default=None, metavar="COUNT",
+                        help="the unrelated-objects case: each configuration alternately with an empty cluster and "
+                             "with COUNT objects the operator does not own (half Pods, half Services); create, "
+                             "settle and idle only; writes results-unrelated.json")
+    parser.add_argument("--repeat", type=int, default=2, help="with --unrelated: rounds (default 2)")
+    parser.add_argument("--update-rate", type=float, default=10,
+                        help="with --unrelated: writes per second to unrelated objects during the idle window")
+    parser.add_argument("--append", action="store_true", help="with --unrelated: keep the runs already recorded")
+    args = parser.parse_args()
+    if args.configs is None:
+        args.configs = ["as-is", "no-selectors"] if args.unrelated is not None else ["as-is", "recommended"]
+    return args
 
 
 if __name__ == "__main__":
     arguments = parse_args()
     arguments.commit = operator_commit()
+    if arguments.unrelated is not None:
+        outcome = asyncio.run(main_unrelated(arguments))
+        print("\n".join(unrelated_section(outcome)))
+        sys.exit()
     outcome = asyncio.run(main(arguments))
     print()
     print("\n".join(summary_rows(outcome["runs"])))

@@ -145,7 +145,24 @@ def gc_freeze() -> None:
         gc.freeze()
 
 
-ALL = {f.__name__: f for f in (no_kubernetes, quiet_logs, release_conn, gc_freeze)}  # applied in this order
+def no_selectors() -> None:
+    """The operator before it sent label selectors: handlers.configure() without the
+    settings.watching.label_selectors of OWNED_RESOURCES, so kopf lists and watches every Deployment,
+    Pod and Service of the cluster and the handlers' `labels=OWNED` filter them client-side.
+
+    For contrast (run.py --unrelated), not a recommendation. A startup handler registered after
+    handlers.configure() (so it runs after it) removes every label selector configure() set.
+    """
+    import kopf
+    import slotkeeper.handlers  # noqa: F401  (registers configure(), so it runs before the handler below)
+
+    @kopf.on.startup(id="no_selectors")
+    def drop_label_selectors(settings: kopf.OperatorSettings, **_: Any) -> None:
+        for key in list(settings.watching.label_selectors):
+            del settings.watching.label_selectors[key]
+
+
+ALL = {f.__name__: f for f in (no_kubernetes, quiet_logs, release_conn, gc_freeze, no_selectors)}  # in this order
 
 
 def apply(names: list[str]) -> None:
