@@ -6,7 +6,7 @@ replays from a resourceVersion), with
 * speed-ups that change nothing that is answered: KMock's request routing filters the whole
   request history for each request (quadratic: ~10 requests/s after a few thousand requests),
   so it sees only the request at hand; KMock's list of served resources, which the harness asks
-  for on every request, iterates over every stored object (15 ms per request with 10,000
+  for on every request, iterates over every stored object (2.6 ms per request with 10,000
   objects), so the store counts its keys by resource; copy.deepcopy in the harness (merge
   patches, strategic-merge lists, Kube.peek) becomes an orjson round trip;
 * counts of the operator's requests by verb and resource, of the TCP connections it opened, of

@@ -636,11 +636,20 @@ def unrelated_section(results: dict) -> list[str]:
             _span([r["startup"]["seconds"] for r in group]), _span([r["startup"]["operator_cpu_s"] for r in group], 2),
         ]) + " |")
     lines += ["", "Means (min–max). Goal: RSS and CPU with the unrelated objects within 10 % of the empty cluster "
+<<<<<<< HEAD
                   "(means):", ""]
+=======
+                  "(means; in brackets the runs on a quiet machine only: other processes used < 1 CPU second "
+                  "during create and during idle):", ""]
+    quiet = [r for r in runs if "idle" in r and r["create"]["others_cpu_s"] < 1 and r["idle"]["others_cpu_s"] < 1]
+>>>>>>> helper/bench
     for n, config in dict.fromkeys((n, c) for n, c, _ in groups):
+        calm = {figure: (empty, loaded, change) for figure, empty, loaded, change in unrelated_goal(quiet, config, n)}
         for figure, empty, loaded, change in unrelated_goal(runs, config, n):
+            also = (f" [quiet: {calm[figure][0]:.2f} → {calm[figure][1]:.2f} ({calm[figure][2]:+.1%})]"
+                    if figure in calm else " [quiet: no pair]")
             lines.append(f"- N={n}, {config}: {figure}: {empty:.2f} → {loaded:.2f} ({change:+.1%}): "
-                         f"{'MET' if abs(change) <= 0.10 else 'MISSED'}")
+                         f"{'MET' if abs(change) <= 0.10 else 'MISSED'}{also}")
     lines += ["", "Each run, in order:", "",
               "| # | N | operator | unrelated | RSS before endpoints / settled / after idle MiB "
               "| CPU until promoted / until settled / idle s "
@@ -649,8 +658,13 @@ def unrelated_section(results: dict) -> list[str]:
               "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for i, run in enumerate(runs, 1):
         if "after_idle" not in run.get("rss_mib", {}):
-            lines.append(f"| {i} | {run['endpoints']} | {run['config']} | {run.get('unrelated')} | failed: "
-                         f"{run.get('error', '?')} |" + " |" * 7)
+            startup = run.get("startup", {})
+            lines.append(" | ".join([
+                f"| {i}", str(run["endpoints"]), f"{run['config']} ({run.get('queueing', '?')})",
+                f"{run.get('unrelated') or 0:,}", f"{run.get('rss_mib', {}).get('empty', '-')} / - / -",
+                f"failed: {run.get('error', '?')}", "-",
+                f"{sum(startup.get('listed', {}).values()):,} + {sum(startup.get('watch_events', {}).values()):,}; -",
+                "-", "-", f"{' '.join(map(str, run.get('load_average_before', [])))} → -", "-"]) + " |")
             continue
         rss, create, idle = run["rss_mib"], run["create"], run["idle"]
         lines.append(" | ".join([

@@ -73,7 +73,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 10 * 60
     # Memory follows kopf's concurrency: an idle per-object worker holds its slot for idle_timeout.
     # 20 workers released after 0.1 s: 1,000 endpoints at 53/s in 151 MiB (benchmarks/operator).
-    settings.queueing.worker_limit = int(os.environ.get("SLOTKEEPER_WORKER_LIMIT", "20"))
+    # No worker limit by default: kopf holds every handler until the initial listings are indexed,
+    # each object in its own worker, so a limit below the owned objects of one kind deadlocks a
+    # restart (benchmarks/operator/restart.py: 7 endpoints hang with 20). Unlimited costs no RSS there.
+    limit = os.environ.get("SLOTKEEPER_WORKER_LIMIT")
+    settings.queueing.worker_limit = int(limit) if limit else None
     settings.queueing.idle_timeout = float(os.environ.get("SLOTKEEPER_IDLE_TIMEOUT", "0.1"))
     # "Handler succeeded" at INFO for every watch event of the indexes is no news; warnings still show.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
