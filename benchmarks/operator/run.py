@@ -636,13 +636,9 @@ def unrelated_section(results: dict) -> list[str]:
             _span([r["startup"]["seconds"] for r in group]), _span([r["startup"]["operator_cpu_s"] for r in group], 2),
         ]) + " |")
     lines += ["", "Means (min–max). Goal: RSS and CPU with the unrelated objects within 10 % of the empty cluster "
-<<<<<<< HEAD
-                  "(means):", ""]
-=======
                   "(means; in brackets the runs on a quiet machine only: other processes used < 1 CPU second "
                   "during create and during idle):", ""]
     quiet = [r for r in runs if "idle" in r and r["create"]["others_cpu_s"] < 1 and r["idle"]["others_cpu_s"] < 1]
->>>>>>> helper/bench
     for n, config in dict.fromkeys((n, c) for n, c, _ in groups):
         calm = {figure: (empty, loaded, change) for figure, empty, loaded, change in unrelated_goal(quiet, config, n)}
         for figure, empty, loaded, change in unrelated_goal(runs, config, n):
