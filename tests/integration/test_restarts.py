@@ -71,3 +71,32 @@ async def test_restart_during_revert_finishes_the_revert(run_operator, operator_
     assert [h["outcome"] for h in status(k8s)["history"]] == ["Promoted", "RolledBack"]
     await eventually(lambda: deployment(k8s, "green")["spec"]["replicas"] == 1)
     assert selector_patches(kmock) == ["blue", "green", "blue"]
+
+
+@pytest.mark.timeout(300)  # 30 endpoints on a loaded 2-core machine: generous bounds, no timing asserted
+async def test_restart_with_many_endpoints_indexes_them_all_and_acts_again(run_operator, operator_registry,
+                                                                           operator_settings, k8s):
+    """30 endpoints own 60 Deployments and 90 Services. A restarted operator must index all of them
+    before any handler runs; a kopf worker limit below the owned objects of one kind deadlocked that
+    (benchmarks/operator/restart.py found it with 7 endpoints and 20 workers)."""
+    names = [f"model-{i}" for i in range(30)]
+    operator = await start(run_operator, operator_registry, operator_settings)
+    for name in names:
+        await k8s.create_endpoint(name, SPEC, namespace="default")
+    for name in names:
+        await ready(k8s, "blue", name)
+    await eventually(lambda: all(status(k8s, name).get("phase") == "Healthy" for name in names), timeout=180,
+                     message="all 30 endpoints healthy")
+    await operator.stop()
+
+    await start(run_operator, operator_registry, operator_settings)
+    await k8s.patch_endpoint("model-7", {"model": NEW_MODEL}, namespace="default")
+    # With a worker limit of 20 this never happens: the handlers wait for indexes that never fill.
+    await eventually(lambda: deployment(k8s, "green", "model-7"), timeout=90,
+                     message="the restarted operator rendered model-7's candidate")
+    await ready(k8s, "green", "model-7")
+    await eventually(lambda: status(k8s, "model-7").get("activeSlot") == "green"
+                     and status(k8s, "model-7").get("phase") == "Healthy", timeout=90,
+                     message="the restarted operator rolled model-7 out")
+    assert selector(k8s, "model-7")[SLOT] == "green"
+    assert all(selector(k8s, name)[SLOT] == "blue" for name in names if name != "model-7")
