@@ -22,6 +22,9 @@ def format_status(endpoint: Mapping[str, Any], events: Sequence[Mapping[str, Any
         f"  candidate: {status.get('candidateRevision') or '-'}"
         + (f" (slot {status['candidateSlot']}, step {status['rollout']['step']})" if status.get("rollout") else ""),
     ]
+    route = _route_line(endpoint)
+    if route:
+        lines.append(route)
     if status.get("failedRevision"):
         lines.append(f"  failed:    {status['failedRevision']} (not retried until the spec changes or `retry`)")
     slots, traffic = status.get("slots") or {}, status.get("traffic") or {}
@@ -42,6 +45,21 @@ def format_status(endpoint: Mapping[str, Any], events: Sequence[Mapping[str, Any
             [e.get("lastTimestamp") or e.get("eventTime"), e.get("type"), e.get("reason"), e.get("message")]
             for e in recent])]
     return "\n".join(lines)
+
+
+def _route_line(endpoint: Mapping[str, Any]) -> str | None:
+    """With Gateway API traffic: the HTTPRoute (named like the endpoint), its parents, and its weights
+    as the cluster shows them (status.trafficSummary: "route not accepted" until every parent accepts)."""
+    gateway = ((endpoint.get("spec") or {}).get("traffic") or {}).get("gatewayAPI")
+    if not gateway:
+        return None
+    meta = endpoint.get("metadata", {})
+    parents = ", ".join(
+        f"{p.get('kind', 'Gateway')} {p.get('namespace') or meta.get('namespace')}/{p.get('name')}"
+        + (f" ({p['sectionName']})" if p.get("sectionName") else "")
+        for p in gateway.get("parentRefs") or ())
+    summary = (endpoint.get("status") or {}).get("trafficSummary") or "not reported yet"
+    return f"  route:     HTTPRoute {meta.get('name')} via {parents or '-'}: {summary}"
 
 
 def format_history(endpoint: Mapping[str, Any]) -> str:

@@ -34,3 +34,20 @@ def test_history_lists_newest_first():
     assert rows[1].split()[1:3] == ["bbbb", "RolledBack"]
     assert rows[2].split()[1:3] == ["aaaa", "Promoted"]
     assert format_history({"status": {}}) == "no history yet"
+
+
+def test_status_names_the_route_its_parents_and_its_weights_as_reported():
+    endpoint = {**ENDPOINT, "spec": {"traffic": {"gatewayAPI": {"parentRefs": [
+        {"name": "public", "namespace": "gateways", "sectionName": "https"},
+        {"group": "", "kind": "Service", "name": "credit"}]}}},
+        "status": {**ENDPOINT["status"], "trafficSummary": "blue 80%, green 20%, mirror 10% to green"}}
+    lines = format_status(endpoint).splitlines()
+    assert "  route:     HTTPRoute credit via Gateway gateways/public (https), Service ml/credit: " \
+           "blue 80%, green 20%, mirror 10% to green" in lines
+    unreported = {**endpoint, "status": {"phase": "Pending"}}
+    assert any(line.endswith(": not reported yet") and "HTTPRoute credit" in line
+               for line in format_status(unreported).splitlines())
+
+
+def test_status_without_gateway_api_has_no_route_line():
+    assert "route:" not in format_status(ENDPOINT)
