@@ -27,6 +27,7 @@ OPERATOR = "slotkeeper-operator"
 OPERATOR_IMAGE_NAME = "ghcr.io/slotkeeper/operator"
 SERVING_IMAGE_NAME = "ghcr.io/slotkeeper/serving"
 LIVENESS_ARG = "--liveness=http://0.0.0.0:8080/healthz"
+METRICS_ARG = "--metrics-bind-address=:8081"
 
 # Every API call the operator makes, and nothing else: (apiGroup, resource) -> verbs, exactly.
 ALLOWED = {
@@ -287,7 +288,7 @@ def test_namespaced_overlay_watches_only_its_own_namespace():
     (patch,) = [p for p in overlay["patches"] if p.get("target", {}).get("kind") == "Deployment"]
     (operation,) = yaml.safe_load(patch["patch"])
     assert operation["path"] == "/spec/template/spec/containers/0/args"
-    assert operation["value"] == ["--namespace=$(POD_NAMESPACE)", LIVENESS_ARG]
+    assert operation["value"] == ["--namespace=$(POD_NAMESPACE)", LIVENESS_ARG, METRICS_ARG]
 
 
 # ---------------------------------------------------------------------------------------- images
@@ -408,7 +409,7 @@ def test_kustomize_builds_the_cluster_wide_install(kustomize):
     assert set(objects) == {
         ("Namespace", NAMESPACE), ("CustomResourceDefinition", "modelendpoints.slotkeeper.io"),
         ("ServiceAccount", OPERATOR), ("ClusterRole", OPERATOR), ("ClusterRoleBinding", OPERATOR),
-        ("Deployment", OPERATOR),
+        ("Deployment", OPERATOR), ("Service", f"{OPERATOR}-metrics"),
     }
     deployment = objects[("Deployment", OPERATOR)]
     assert deployment["metadata"]["namespace"] == NAMESPACE
@@ -418,7 +419,7 @@ def test_kustomize_builds_the_cluster_wide_install(kustomize):
 def test_kustomize_builds_the_namespaced_install(kustomize):
     objects = kustomize("overlays/namespaced")
     namespace = yaml.safe_load((MANIFESTS / "overlays" / "namespaced" / "kustomization.yaml").read_text())["namespace"]
-    assert sorted(o["kind"] for o in objects) == ["Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    assert sorted(o["kind"] for o in objects) == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
     assert {o["metadata"]["namespace"] for o in objects} == {namespace}
     (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": namespace}]
