@@ -346,6 +346,8 @@ def test_examples_cover_each_strategy_and_check_source():
     assert any(s.model.format == "score-py" for s in specs)
     assert any(s.serving.autoscaling and {m.type for m in s.serving.autoscaling.metrics} == {"Resource", "Pods"}
                and s.serving.disruption_budget for s in specs)
+    assert any(s.monitor and any(c.source == "prometheus" for c in s.monitor.checks)
+               and s.monitor.on_failure.job and s.monitor.on_failure.revert_to == "previous" for s in specs)
 
 
 @pytest.mark.parametrize(("where", "endpoint"), examples(), ids=[where for where, _ in examples()])
