@@ -3,7 +3,9 @@ from the text exposition as Prometheus parses it."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import urllib3
@@ -266,3 +268,11 @@ def test_bind_address_as_controller_runtime_spells_it(text, address):
 def test_a_bind_address_without_a_port_is_refused(text):
     with pytest.raises(ValueError, match="metrics-bind-address"):
         parse_bind_address(text)
+
+
+def test_every_metric_is_documented_in_the_readme_table():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("## Metrics"):readme.index("## Benchmarks")]
+    documented = set(re.findall(r"^\| `(slotkeeper_[a-z_]+)` \|", table, flags=re.MULTILINE))
+    exported = {f.name + ("_total" if f.type == "counter" else "") for f in OperatorMetrics().registry.collect()}
+    assert documented == exported
