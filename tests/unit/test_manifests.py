@@ -330,6 +330,8 @@ def test_manifests_reference_only_the_two_images_untagged():
         for doc in load_docs(path):
             if doc.get("kind") == "CustomResourceDefinition":
                 continue
+            if doc.get("kind") == "ModelEndpoint":  # a retraining Job runs the user's own image
+                doc = {**doc, "spec": {k: v for k, v in doc["spec"].items() if k != "monitor"}}
             for image in _images_in(doc):
                 assert image in (OPERATOR_IMAGE_NAME, SERVING_IMAGE_NAME), (
                     f"{path.relative_to(MANIFESTS)}: image {image}: name it untagged and tag it with images:")
