@@ -71,15 +71,14 @@ class Seen:
     measured_revert: tuple[str, str] | None = None  # (revision, time) of the revert timed last
 
 
-def _status(raw: Mapping[str, Any] | None) -> ModelEndpointStatus:
+def parse_status(raw: Mapping[str, Any] | None) -> ModelEndpointStatus:
     try:
         return ModelEndpointStatus.model_validate(dict(raw or {}))
     except ValidationError:  # a status someone else wrote badly: report it as fresh
         return ModelEndpointStatus()
 
 
-def snapshot(raw_status: Mapping[str, Any] | None, monitored: bool) -> EndpointSnapshot:
-    status = _status(raw_status)
+def snapshot(status: ModelEndpointStatus, monitored: bool) -> EndpointSnapshot:
     quality = None
     if monitored:
         quality = any(c.type == QUALITY_CONDITION and c.status == "True" for c in status.conditions)
@@ -88,8 +87,7 @@ def snapshot(raw_status: Mapping[str, Any] | None, monitored: bool) -> EndpointS
                             quality_degraded=quality)
 
 
-def seen_of(raw_status: Mapping[str, Any] | None) -> Seen:
-    status = _status(raw_status)
+def seen_of(status: ModelEndpointStatus) -> Seen:
     monitor = status.monitor
     finished = frozenset({monitor.job.name} if monitor and monitor.job
                          and monitor.job.outcome in FINISHED_JOB_OUTCOMES else ())
@@ -98,9 +96,9 @@ def seen_of(raw_status: Mapping[str, Any] | None) -> Seen:
                 finished_jobs=finished)
 
 
-def new_history(before: Seen, raw_status: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+def new_history(before: Seen, status: ModelEndpointStatus) -> list[tuple[str, str]]:
     """(outcome, reason) of each history entry not seen before."""
-    return [(h.outcome, h.reason) for h in _status(raw_status).history
+    return [(h.outcome, h.reason) for h in status.history
             if (h.revision, h.outcome, h.time) not in before.history]
 
 
@@ -192,20 +190,20 @@ class OperatorMetrics:
 
     def observe_endpoint(self, key: Key, raw_status: Mapping[str, Any] | None, monitored: bool) -> None:
         """The endpoint's status as the watch shows it now: gauges, and counters of what is new."""
-        after = seen_of(raw_status)
+        status = parse_status(raw_status)
+        after = seen_of(status)
         with self._lock:
-            self._endpoints[key] = snapshot(raw_status, monitored)
+            self._endpoints[key] = snapshot(status, monitored)
             before = self._seen.get(key)
             self._seen[key] = after if before is None else replace(after, measured_revert=before.measured_revert)
         if before is None:
             return  # the baseline: what happened before this instance looked is not counted
-        for outcome, reason in new_history(before, raw_status):
+        for outcome, reason in new_history(before, status):
             self.rollouts.labels(outcome=outcome, reason=reason).inc()
         if new_episode(before, after):
             self.episodes.inc()
-        monitor = _status(raw_status).monitor
-        for name in after.finished_jobs - before.finished_jobs:
-            self.jobs.labels(outcome=monitor.job.outcome).inc()
+        for _ in after.finished_jobs - before.finished_jobs:  # at most one: the episode's Job
+            self.jobs.labels(outcome=status.monitor.job.outcome).inc()
 
     def action_applied(self, key: Key, before: ModelEndpointStatus, action: Action, now: datetime) -> None:
         """A write the apiserver accepted: a revert's traffic switch ends its latency (once)."""

@@ -16,7 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from slotkeeper.actions import ApplyRoute, ScaleDeployment, SwitchTraffic
 from slotkeeper.api import ModelEndpointStatus
 from slotkeeper.metrics import OperatorMetrics, api_error_kind, parse_bind_address
+from slotkeeper.reconciler import EndpointReconciler
 from slotkeeper.render import LABEL_ENDPOINT, LABEL_SLOT
+
+from .test_reconciler_api_errors import BODY, PATCH_422, RefusingCluster, api_error
+from .test_reconciler_pass import NOTHING, RecordingCluster, body, reconciler
+from .world import T0 as WORLD_T0
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
 KEY = ("default", "credit")
@@ -276,3 +281,27 @@ def test_every_metric_is_documented_in_the_readme_table():
     documented = set(re.findall(r"^\| `(slotkeeper_[a-z_]+)` \|", table, flags=re.MULTILINE))
     exported = {f.name + ("_total" if f.type == "counter" else "") for f in OperatorMetrics().registry.collect()}
     assert documented == exported
+
+
+# ------------------------------------------------------------------------ wired into a pass
+
+
+async def test_a_pass_reports_the_status_the_watch_shows_not_the_one_it_wrote():
+    metrics = OperatorMetrics()
+    loop, _ = reconciler(RecordingCluster(), metrics=metrics)
+    await loop.reconcile(body(), NOTHING)
+    await loop.reconcile(body(), NOTHING)  # the watch has not shown the status written yet
+    assert loop.written_status["phase"] == "Progressing"
+    assert value(metrics, "slotkeeper_endpoints", phase="Pending") == 1
+    await loop.reconcile(body(status=loop.written_status), NOTHING)
+    assert value(metrics, "slotkeeper_endpoints", phase="Progressing") == 1
+    assert value(metrics, "slotkeeper_rollout_started_timestamp_seconds", namespace="ml", name="credit") == \
+        WORLD_T0.timestamp()
+
+
+async def test_an_object_the_api_refuses_counts_as_an_invalid_api_error():
+    metrics = OperatorMetrics()
+    loop = EndpointReconciler(namespace="ml", name="credit", cluster=RefusingCluster(api_error(422, PATCH_422)),
+                              post_event=lambda **_: None, metrics=metrics)
+    await loop.reconcile(BODY, NOTHING)
+    assert value(metrics, "slotkeeper_api_errors_total", kind="Invalid") == 1
