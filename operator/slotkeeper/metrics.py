@@ -252,7 +252,7 @@ class _EndpointCollector:
         for phase in PHASES:
             phases.add_metric([phase], sum(1 for e in endpoints.values() if e.phase == phase))
         traffic = GaugeMetricFamily(
-            "slotkeeper_traffic_weight_percent", "Percent of the endpoint's traffic each slot gets, as "
+            "slotkeeper_traffic_weight_ratio", "Share (0 to 1) of the endpoint's traffic each slot gets, as "
             "status.traffic reports it from the Service (or HTTPRoute) the cluster shows.",
             labels=["namespace", "name", "slot"])
         rollouts = GaugeMetricFamily(
@@ -263,7 +263,7 @@ class _EndpointCollector:
             "(endpoints with spec.monitor only), else 0.", labels=["namespace", "name"])
         for (namespace, name), endpoint in sorted(endpoints.items()):
             for slot, percent in sorted(endpoint.traffic.items()):
-                traffic.add_metric([namespace, name, slot], percent)
+                traffic.add_metric([namespace, name, slot], percent / 100)
             if endpoint.rollout_started is not None:
                 rollouts.add_metric([namespace, name], endpoint.rollout_started)
             if endpoint.quality_degraded is not None:

@@ -57,7 +57,7 @@ async def test_metrics_show_a_rollout_and_a_revert(operator, operator_memo, k8s)
     async with deployment_controller(k8s):  # plays the Deployment controller: slots get ready
         await k8s.create_endpoint("credit", SPEC, namespace="default")
         seen = await eventually_scraped(served_at(operator_memo), lambda m: m.get(
-            ("slotkeeper_traffic_weight_percent", credit(slot="blue"))) == 100, "blue has all traffic")
+            ("slotkeeper_traffic_weight_ratio", credit(slot="blue"))) == 1, "blue has all traffic")
         assert seen[("slotkeeper_endpoints", frozenset({"phase": "Healthy"}.items()))] == 1
         assert seen[("slotkeeper_leader", frozenset())] == 1  # standalone: the leader from the start
         assert seen[("slotkeeper_reconcile_passes_total", frozenset({"result": "success"}.items()))] > 0
@@ -67,7 +67,7 @@ async def test_metrics_show_a_rollout_and_a_revert(operator, operator_memo, k8s)
         await eventually(lambda: status(k8s).get("activeSlot") == "green" and status(k8s).get("phase") == "Healthy",
                          message="v2 promoted")
         await eventually_scraped(served_at(operator_memo), lambda m: m.get(
-            ("slotkeeper_traffic_weight_percent", credit(slot="green"))) == 100, "green has all traffic")
+            ("slotkeeper_traffic_weight_ratio", credit(slot="green"))) == 1, "green has all traffic")
 
         # A revert after traffic moved: v3 into blue, switched, then aborted during its analysis.
         await k8s.patch_endpoint("credit", {"model": THIRD_MODEL, "checks": {**FAST_CHECKS, "analysisSeconds": 600}},

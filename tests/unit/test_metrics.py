@@ -74,10 +74,10 @@ def test_endpoints_are_counted_by_the_phase_their_observed_status_shows():
 def test_traffic_weight_per_endpoint_and_slot_is_what_status_traffic_reports():
     metrics = OperatorMetrics()
     metrics.observe_endpoint(KEY, {"phase": "Progressing", "traffic": {"blue": 67, "green": 33}}, monitored=False)
-    assert value(metrics, "slotkeeper_traffic_weight_percent", namespace="default", name="credit", slot="blue") == 67
-    assert value(metrics, "slotkeeper_traffic_weight_percent", namespace="default", name="credit", slot="green") == 33
+    assert value(metrics, "slotkeeper_traffic_weight_ratio", namespace="default", name="credit", slot="blue") == 0.67
+    assert value(metrics, "slotkeeper_traffic_weight_ratio", namespace="default", name="credit", slot="green") == 0.33
     metrics.observe_endpoint(KEY, {"phase": "Healthy", "traffic": {"blue": 0, "green": 100}}, monitored=False)
-    assert value(metrics, "slotkeeper_traffic_weight_percent", namespace="default", name="credit", slot="green") == 100
+    assert value(metrics, "slotkeeper_traffic_weight_ratio", namespace="default", name="credit", slot="green") == 1
 
 
 def test_rollout_start_is_exported_only_while_a_rollout_is_under_way():
@@ -242,11 +242,11 @@ def test_series_of_fifty_endpoints_that_came_and_went_are_gone():
     keys = [("default", f"model-{index}") for index in range(50)]
     for key in keys:
         metrics.observe_endpoint(key, {"phase": "Progressing", "traffic": {"blue": 50, "green": 50}}, monitored=True)
-    assert len(series(metrics, "slotkeeper_traffic_weight_percent")) == 100
+    assert len(series(metrics, "slotkeeper_traffic_weight_ratio")) == 100
     assert len(series(metrics, "slotkeeper_quality_degraded")) == 50
     for key in keys[1:]:
         metrics.forget(key)
-    per_endpoint = [labels for name in ("slotkeeper_traffic_weight_percent", "slotkeeper_quality_degraded",
+    per_endpoint = [labels for name in ("slotkeeper_traffic_weight_ratio", "slotkeeper_quality_degraded",
                                         "slotkeeper_rollout_started_timestamp_seconds")
                     for labels in series(metrics, name)]
     assert {labels["name"] for labels in per_endpoint} == {"model-0"}
