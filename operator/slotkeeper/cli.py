@@ -13,6 +13,13 @@ def _run_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from . import handlers  # noqa: F401  (registers the handlers)
+    from .metrics import parse_bind_address
+
+    try:
+        parse_bind_address(args.metrics_bind_address)  # a typo fails here, not after kopf started
+    except ValueError as error:
+        print(f"slotkeeper run: {error}", file=sys.stderr)
+        return 2
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     asyncio.run(kopf.operator(
@@ -21,7 +28,7 @@ def _run_operator(args: argparse.Namespace) -> int:
         namespaces=list(args.namespace),  # kopf iterates it even cluster-wide: never None
         liveness_endpoint=args.liveness,
         memo=kopf.Memo(namespaced=bool(args.namespace), kubeconfig=args.kubeconfig, context=args.context,
-                       slot_access_mode=args.slot_access),
+                       slot_access_mode=args.slot_access, metrics_bind_address=args.metrics_bind_address),
     ))
     return 0
 
@@ -184,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--slot-access", choices=("auto", "direct", "apiserver-proxy"), default="auto",
                      help="how validation requests and pods checks reach the candidate: direct (Service DNS "
                           "names, pod IPs), apiserver-proxy (through the API server); auto: direct in a pod")
+    run.add_argument("--metrics-bind-address", default="0",
+                     help="serve Prometheus metrics at http://<address>/metrics, e.g. :8081; 0 (the default) "
+                          "turns them off (the manifests turn them on)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run_operator)
 

@@ -31,6 +31,7 @@ from .checks.runner import CheckRunner
 from .client_config import build_api_client, connection_info, load_configuration
 from .cluster import Cluster
 from .loops import EndpointLoop, EndpointLoops, Key
+from .metrics import OperatorMetrics, parse_bind_address, serve_metrics
 from .observe import (summarise_autoscaler, summarise_deployment, summarise_disruption_budget, summarise_job,
                       summarise_pod, summarise_route)
 from .reconciler import EndpointGone, EndpointReconciler, ObservedSources
@@ -96,6 +97,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.loops = EndpointLoops()
     if getattr(memo, "http", None) is None:  # for checks: scrapes, Prometheus, validation requests
         memo.http = aiohttp.ClientSession()
+    await _start_metrics(memo)
+
+
+async def _start_metrics(memo: kopf.Memo) -> None:
+    """The metrics are kept whether or not they are served; --metrics-bind-address serves them."""
+    if getattr(memo, "metrics", None) is None:
+        memo.metrics = OperatorMetrics()
+        memo.metrics.set_leader(True)  # standalone: this instance acts from the start
+    address = parse_bind_address(getattr(memo, "metrics_bind_address", None))
+    if address is not None and getattr(memo, "metrics_server", None) is None:
+        memo.metrics_server = await serve_metrics(memo.metrics, *address)
+        log.info("metrics on http://%s:%s/metrics", *memo.metrics_server.addresses[0][:2])
 
 
 @kopf.on.cleanup()
@@ -109,6 +122,10 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     http = getattr(memo, "http", None)
     if http is not None:
         await http.close()
+    server = getattr(memo, "metrics_server", None)
+    if server is not None:
+        memo.metrics_server = None
+        await server.cleanup()
 
 
 # -------------------------------------------------------------------- indexes of owned objects
@@ -201,23 +218,28 @@ async def reconcile_endpoint(
         post_event=lambda **event: kopf.event(loop.body, **event),
         checks=CheckRunner(memo.http, access=memo.slot_access, keys=memo.cluster.read_keys),
         **({"clock": memo.clock} if getattr(memo, "clock", None) is not None else {}),  # tests: a fake clock
+        metrics=getattr(memo, "metrics", None),
     )
     backoff = RetryBackoff(base=getattr(memo, "retry_backoff", DEFAULT_BACKOFF_SECONDS))
-    while not loop.stopped.is_set():
-        loop.wakeup.clear()
-        sources = ObservedSources(
-            deployments=list(slot_deployments.get(key, [])),
-            pods=list(slot_pods.get(key, [])),
-            services=dict(endpoint_services.get(key, [])),
-            autoscalers=list(slot_autoscalers.get(key, [])),
-            disruption_budgets=list(slot_disruption_budgets.get(key, [])),
-            routes=list(endpoint_routes.get(key, [])) if endpoint_routes is not None else [],
-            jobs=list(monitor_jobs.get(key, [])) if monitor_jobs is not None else [],
-        )
-        delay = await _reconcile_pass(reconciler, loop.body, sources, backoff)
-        if delay is None:
-            return  # the endpoint is gone
-        await _sleep(loop, delay)
+    try:
+        while not loop.stopped.is_set():
+            loop.wakeup.clear()
+            sources = ObservedSources(
+                deployments=list(slot_deployments.get(key, [])),
+                pods=list(slot_pods.get(key, [])),
+                services=dict(endpoint_services.get(key, [])),
+                autoscalers=list(slot_autoscalers.get(key, [])),
+                disruption_budgets=list(slot_disruption_budgets.get(key, [])),
+                routes=list(endpoint_routes.get(key, [])) if endpoint_routes is not None else [],
+                jobs=list(monitor_jobs.get(key, [])) if monitor_jobs is not None else [],
+            )
+            delay = await _reconcile_pass(reconciler, loop.body, sources, backoff)
+            if delay is None:
+                return  # the endpoint is gone
+            await _sleep(loop, delay)
+    finally:
+        if reconciler.metrics is not None:  # deleted, or this instance stops: its series go
+            reconciler.metrics.forget(key)
 
 
 async def _reconcile_pass(
@@ -226,6 +248,7 @@ async def _reconcile_pass(
     """One pass; the seconds until the next (None: the endpoint no longer exists). A failed pass
     backs off, from the start again when it still got further than the one before (it wrote something)."""
     writes_before = reconciler.writes_done
+    metrics = reconciler.metrics
     try:
         delay = await reconciler.reconcile(body, sources)
     except EndpointGone:
@@ -233,15 +256,19 @@ async def _reconcile_pass(
         return None
     except ApiException as error:
         # The status code and reason only: a response body may echo what we sent.
-        problem = f"API error {error.status} {error.reason}"
+        problem, failure = f"API error {error.status} {error.reason}", error
     except (urllib3.exceptions.HTTPError, OSError) as error:  # timeouts, refused connections
-        problem = f"API unreachable ({type(error).__name__})"
-    except Exception:  # a bug must not stop the endpoint for good; the next pass decides afresh
+        problem, failure = f"API unreachable ({type(error).__name__})", error
+    except Exception as error:  # a bug must not stop the endpoint for good; the next pass decides afresh
         log.exception("%s/%s: reconcile failed", reconciler.namespace, reconciler.name)
-        problem = "unexpected error"
+        problem, failure = "unexpected error", error
     else:
         backoff.reset()
+        if metrics is not None:
+            metrics.pass_finished()
         return delay
+    if metrics is not None:
+        metrics.pass_finished(failure)
     if reconciler.writes_done > writes_before:
         backoff.reset()
     delay = backoff.next()

@@ -22,6 +22,7 @@ from .conditions import set_condition
 from .clock import format_time
 from .checks.runner import CheckRunner
 from .decide import Endpoint, Gates, decide_next_step
+from .metrics import OperatorMetrics
 from .observe import (AutoscalerSummary, DeploymentSummary, DisruptionBudgetSummary, JobSummary, Observed,
                       PodSummary, RouteSummary, observe_endpoint)
 from .recent_writes import RecentWrites
@@ -100,11 +101,15 @@ class EndpointReconciler:
     written_status: dict[str, Any] | None = None
     recent_writes: RecentWrites = field(default_factory=RecentWrites)
     writes_done: int = 0  # successful writes so far: a failed pass that wrote something made progress
+    metrics: OperatorMetrics | None = None
 
     async def reconcile(self, body: Mapping[str, Any], sources: ObservedSources) -> float:
         """One pass. Returns the seconds until the next pass is due without any event."""
         meta = body.get("metadata", {})
         current_status = self.written_status if self.written_status is not None else dict(body.get("status") or {})
+        if self.metrics is not None:  # what the watch shows, not what this instance last wrote
+            self.metrics.observe_endpoint((self.namespace, self.name), body.get("status"),
+                                          monitored=bool((body.get("spec") or {}).get("monitor")))
         try:
             spec = ModelEndpointSpec.model_validate(body.get("spec") or {})
         except ValidationError as error:
@@ -126,6 +131,8 @@ class EndpointReconciler:
             except ApiException as error:
                 if not is_spec_error(error):  # only the spec can fix these, retrying cannot
                     raise
+                if self.metrics is not None:
+                    self.metrics.api_error(error)
                 await self._report_invalid_spec(meta, current_status, f"the API refused an object rendered from "
                                                                       f"the spec: {api_message(error)}")
                 return IDLE_RESYNC_SECONDS
@@ -133,6 +140,8 @@ class EndpointReconciler:
                 await self._report_gateway_api_missing(meta, current_status, str(error))
                 return GATEWAY_API_RETRY_SECONDS
             self.recent_writes.remember(self.name, action, observed)
+            if self.metrics is not None:
+                self.metrics.action_applied((self.namespace, self.name), endpoint.status, action, self.clock())
             self.writes_done += 1
         await self._write_status(current_status, decision.status.to_api())
         return decision.requeue_after if decision.requeue_after is not None else IDLE_RESYNC_SECONDS

@@ -77,6 +77,20 @@ def test_episode_starts_at_failure_limit_with_one_job_one_event_and_the_conditio
     assert "Running" in condition(world).message
 
 
+def test_a_drop_right_after_a_passing_check_is_reported_within_two_intervals():
+    """The issue's "QualityDegraded=True within two intervals" (failureLimit 2): each pass asks to be
+    woken for the check's next evaluation no later than one interval on, and the second failing
+    evaluation sets the condition."""
+    world = monitored()
+    interval = ACCURACY["intervalSeconds"]
+    assert world.step(Gates(monitor={"accuracy": GOOD})).requeue_after <= interval
+    for _ in range(2):  # the accuracy fell just after that pass
+        world.advance(interval)
+        assert condition(world).status == "False"
+        assert world.step(Gates(monitor={"accuracy": BAD})).requeue_after <= interval
+    assert condition(world).status == "True"
+
+
 def test_recovery_clears_the_condition_and_makes_no_second_job():
     world = monitored()
     check(world, BAD, passes=2)

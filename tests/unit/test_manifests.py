@@ -27,6 +27,7 @@ OPERATOR = "slotkeeper-operator"
 OPERATOR_IMAGE_NAME = "ghcr.io/slotkeeper/operator"
 SERVING_IMAGE_NAME = "ghcr.io/slotkeeper/serving"
 LIVENESS_ARG = "--liveness=http://0.0.0.0:8080/healthz"
+METRICS_ARG = "--metrics-bind-address=:8081"
 
 # Every API call the operator makes, and nothing else: (apiGroup, resource) -> verbs, exactly.
 ALLOWED = {
@@ -287,7 +288,7 @@ def test_namespaced_overlay_watches_only_its_own_namespace():
     (patch,) = [p for p in overlay["patches"] if p.get("target", {}).get("kind") == "Deployment"]
     (operation,) = yaml.safe_load(patch["patch"])
     assert operation["path"] == "/spec/template/spec/containers/0/args"
-    assert operation["value"] == ["--namespace=$(POD_NAMESPACE)", LIVENESS_ARG]
+    assert operation["value"] == ["--namespace=$(POD_NAMESPACE)", LIVENESS_ARG, METRICS_ARG]
 
 
 # ---------------------------------------------------------------------------------------- images
@@ -329,6 +330,8 @@ def test_manifests_reference_only_the_two_images_untagged():
         for doc in load_docs(path):
             if doc.get("kind") == "CustomResourceDefinition":
                 continue
+            if doc.get("kind") == "ModelEndpoint":  # a retraining Job runs the user's own image
+                doc = {**doc, "spec": {k: v for k, v in doc["spec"].items() if k != "monitor"}}
             for image in _images_in(doc):
                 assert image in (OPERATOR_IMAGE_NAME, SERVING_IMAGE_NAME), (
                     f"{path.relative_to(MANIFESTS)}: image {image}: name it untagged and tag it with images:")
@@ -345,6 +348,8 @@ def test_examples_cover_each_strategy_and_check_source():
     assert any(s.model.format == "score-py" for s in specs)
     assert any(s.serving.autoscaling and {m.type for m in s.serving.autoscaling.metrics} == {"Resource", "Pods"}
                and s.serving.disruption_budget for s in specs)
+    assert any(s.monitor and any(c.source == "prometheus" for c in s.monitor.checks)
+               and s.monitor.on_failure.job and s.monitor.on_failure.revert_to == "previous" for s in specs)
 
 
 @pytest.mark.parametrize(("where", "endpoint"), examples(), ids=[where for where, _ in examples()])
@@ -408,7 +413,7 @@ def test_kustomize_builds_the_cluster_wide_install(kustomize):
     assert set(objects) == {
         ("Namespace", NAMESPACE), ("CustomResourceDefinition", "modelendpoints.slotkeeper.io"),
         ("ServiceAccount", OPERATOR), ("ClusterRole", OPERATOR), ("ClusterRoleBinding", OPERATOR),
-        ("Deployment", OPERATOR),
+        ("Deployment", OPERATOR), ("Service", f"{OPERATOR}-metrics"),
     }
     deployment = objects[("Deployment", OPERATOR)]
     assert deployment["metadata"]["namespace"] == NAMESPACE
@@ -418,7 +423,7 @@ def test_kustomize_builds_the_cluster_wide_install(kustomize):
 def test_kustomize_builds_the_namespaced_install(kustomize):
     objects = kustomize("overlays/namespaced")
     namespace = yaml.safe_load((MANIFESTS / "overlays" / "namespaced" / "kustomization.yaml").read_text())["namespace"]
-    assert sorted(o["kind"] for o in objects) == ["Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    assert sorted(o["kind"] for o in objects) == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
     assert {o["metadata"]["namespace"] for o in objects} == {namespace}
     (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": namespace}]
