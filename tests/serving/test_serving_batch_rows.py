@@ -9,13 +9,13 @@ import pytest
 
 from slotkeeper_serving.batch.inputs import InputError, InputFile, UsageError, list_inputs, local_path
 from slotkeeper_serving.batch.outcome import FailedRowLimits, decide_outcome, rows_limit_exceeded
-from slotkeeper_serving.batch.rows import chunks, open_reader, plan_features
+from slotkeeper_serving.batch.rows import line_chunks, open_reader, plan_features
 
 
 def read(text: str, fmt: str = "csv", *, key="id", model_features=None, n_features=None):
     source = InputFile(0, f"in.{fmt}", "unused", fmt)
     reader = open_reader(source, io.StringIO(text, newline=""), key, model_features, n_features)
-    return reader.parse(list(reader.records()))
+    return reader.parse(*next(reader.chunks(1000)))
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_csv_without_key_column_keys_rows_by_file_and_line():
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_empty_file_has_no_records(fmt):
     source = InputFile(0, f"in.{fmt}", "unused", fmt)
-    assert list(open_reader(source, io.StringIO(""), "id", None, 3).records()) == []
+    assert list(open_reader(source, io.StringIO(""), "id", None, 3).chunks(10)) == []
 
 
 def test_jsonl_rows_parse_and_bad_rows_keep_file_line_and_reason():
@@ -108,9 +108,10 @@ def test_jsonl_header_comes_from_the_first_object_even_after_bad_lines():
     assert chunk.bad == [{"file": "in.jsonl", "line": 1, "reason": "not a JSON object"}]
 
 
-def test_chunks_split_records_in_order():
-    assert [len(c) for c in chunks(iter(range(25)), 10)] == [10, 10, 5]
-    assert list(chunks(iter(()), 10)) == []
+def test_line_chunks_number_lines_from_the_first():
+    lines = [f"{i}\n" for i in range(25)]
+    assert [(start, len(c)) for start, c in line_chunks(lines, 2, 10)] == [(2, 10), (12, 10), (22, 5)]
+    assert list(line_chunks([], 2, 10)) == []
 
 
 @pytest.mark.parametrize(
@@ -157,3 +158,58 @@ def test_http_input_needs_a_known_suffix_or_format():
     with pytest.raises(UsageError, match="--input-format"):
         list_inputs("https://example.com/export")
     assert list_inputs("https://example.com/export", "jsonl")[0].format == "jsonl"
+
+
+@pytest.mark.parametrize("key_at", [0, 2, 4, None])
+def test_numpy_reader_and_line_by_line_parse_give_the_same_chunk(key_at):
+    rng = np.random.default_rng(9)
+    values = rng.standard_normal((300, 4)) * rng.choice([1e-300, 1e-3, 1.0, 1e5, 1e300], size=(300, 1))
+    names = ["a", "b", "c", "d"]
+    header = names.copy()
+    if key_at is not None:
+        header.insert(key_at, "id")
+    lines = [",".join(header)]
+    for i, row in enumerate(values):
+        fields = [repr(float(v)) for v in row] if i % 3 else [f"{v:.17g}" for v in row]
+        if key_at is not None:
+            fields.insert(key_at, f"k{i}")
+        lines.append(",".join(fields))
+    source = InputFile(0, "in.csv", "unused", "csv")
+    reader = open_reader(source, io.StringIO("\r\n".join(lines) + "\r\n", newline=""), "id", None, 4)
+    start, texts = next(reader.chunks(1000))
+    fast, slow = reader.parse(start, texts), reader.parse(start, texts, fast=False)
+    assert reader._parse_plain(start, texts) is not None  # the plain file takes numpy's reader
+    assert fast.X.tobytes() == slow.X.tobytes() and fast.X.tobytes() == values.tobytes()
+    assert (fast.keys, fast.lines, fast.rows, fast.bad) == (slow.keys, slow.lines, slow.rows, slow.bad)
+    assert fast.keys[:2] == (["k0", "k1"] if key_at is not None else ["in.csv:2", "in.csv:3"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "id,a,b\nk1,1,2\n\nk2,3,4\n",  # a blank line
+        "id,a,b\nk1,1,2,5\nk2,3\n",  # the comma total is right, the lines are not
+        "a,b,id\n1,2,k1\n3,k2\n4,5,6,7\n",  # the same with the key last (no feature column missing)
+        "id,a,b\nk1,1_0,2\n",  # float() takes underscores, numpy does not
+    ],
+)
+def test_chunks_numpy_refuses_are_parsed_line_by_line(text):
+    source = InputFile(0, "in.csv", "unused", "csv")
+    reader = open_reader(source, io.StringIO(text, newline=""), "id", None, 2)
+    start, texts = next(reader.chunks(1000))
+    assert reader._parse_plain(start, texts) is None
+    chunk, slow = reader.parse(start, texts), reader.parse(start, texts, fast=False)
+    assert (chunk.keys, chunk.lines, chunk.rows, chunk.bad, chunk.X.tolist()) == (
+        slow.keys, slow.lines, slow.rows, slow.bad, slow.X.tolist())
+
+
+def test_json_lines_fast_join_equals_one_dumps_per_row():
+    import orjson
+
+    from slotkeeper_serving.batch.runner import json_lines
+
+    keys = ['a},{"key":1', 'quote " and \\ backslash', "ünïcode", "", "},{", "k\n2"]
+    rows = [{"key": key, "prediction": p} for key, p in zip(keys, [1, 2.5, "yes", [0.1, 0.9], None, True])]
+    expected = b"".join(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows)
+    assert json_lines(rows, plain=True) == expected == json_lines(rows)
+    assert json_lines([], plain=True) == b""

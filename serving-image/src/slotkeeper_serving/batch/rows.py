@@ -27,7 +27,6 @@ import orjson
 
 from .inputs import InputError, InputFile
 
-Record = tuple[int, Any]  # (line number, raw record)
 _VALUE_PREVIEW = 40
 
 
@@ -57,10 +56,13 @@ def plan_features(
     return key, features
 
 
-def chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
-    iterator = iter(records)
+def line_chunks(lines: Iterable[str], first_line: int, size: int) -> Iterator[tuple[int, list[str]]]:
+    """(line number of the first, lines) for every `size` lines; the same boundaries on every run."""
+    iterator = iter(lines)
+    start = first_line
     while batch := list(itertools.islice(iterator, size)):
-        yield batch
+        yield start, batch
+        start += len(batch)
 
 
 def open_reader(source: InputFile, stream: TextIO, key_column: str, model_features, n_features):
@@ -78,11 +80,10 @@ def _preview(value: Any) -> str:
 
 
 def _finish(source: InputFile, rows: int, keys, lines, values, names, bad) -> Chunk:
-    """Chunk from parsed rows (tuples of numbers or strings): rows with a non-number or non-finite value go bad."""
+    """Chunk from parsed rows (tuples of numbers or strings): a row with a value that is no number goes bad."""
     width = len(names)
     try:
         X = np.array(values, dtype=np.float64).reshape(-1, width)
-        parsed = list(range(len(values)))
     except (ValueError, OverflowError):  # some value is not a number: find which, row by row
         parsed, arrays = [], []
         for i, row in enumerate(values):
@@ -94,15 +95,23 @@ def _finish(source: InputFile, rows: int, keys, lines, values, names, bad) -> Ch
                 what = "empty value" if isinstance(value, str) and not value.strip() else f"not a number: {_preview(value)}"
                 bad.append(_bad(source, lines[i], f"column {column!r}: {what}"))
         X = np.array(arrays, dtype=np.float64).reshape(-1, width)
+        keys, lines = [keys[i] for i in parsed], [lines[i] for i in parsed]
+    return _finish_floats(source, rows, keys, lines, X, names, bad)
+
+
+def _finish_floats(source: InputFile, rows: int, keys, lines, X: np.ndarray, names, bad) -> Chunk:
+    """Chunk from parsed float rows: rows with a non-finite value go bad."""
     finite = np.isfinite(X).all(axis=1)
     if not finite.all():
         for position in np.flatnonzero(~finite):
             column = names[int(np.flatnonzero(~np.isfinite(X[position]))[0])]
-            bad.append(_bad(source, lines[parsed[position]], f"column {column!r}: not a finite number"))
+            bad.append(_bad(source, lines[position], f"column {column!r}: not a finite number"))
         X = np.ascontiguousarray(X[finite])
-        parsed = [i for i, ok in zip(parsed, finite, strict=True) if ok]
+        keep = finite.tolist()
+        keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
+        lines = [n for n, ok in zip(lines, keep, strict=True) if ok]
     bad.sort(key=operator.itemgetter("line"))
-    return Chunk(rows=rows, keys=[keys[i] for i in parsed], lines=[lines[i] for i in parsed], X=X, bad=bad)
+    return Chunk(rows=rows, keys=keys, lines=lines, X=X, bad=bad)
 
 
 def _is_number(value: Any) -> bool:
@@ -114,36 +123,89 @@ def _is_number(value: Any) -> bool:
 
 
 class CsvReader:
-    """A CSV file with a header line; blank lines are not records."""
+    """A CSV file with a header line, one record per line; blank lines are not records.
+
+    A chunk without quotes or blank lines is parsed by numpy's C reader (a
+    subset of Python's float syntax); a chunk it refuses, or one with quotes,
+    is parsed again line by line with the csv module and float(), which finds
+    and names the bad rows. Both give the same numbers (test_serving_batch_rows.py).
+    """
 
     def __init__(self, source: InputFile, stream: TextIO, key_column: str, model_features, n_features) -> None:
         self.source = source
-        self._reader = csv.reader(stream)
-        self.header: list[str] = next(self._reader, [])
+        self._stream = stream
+        self.header: list[str] = []
+        self._first_line = 1
+        for text in stream:
+            self._first_line += 1
+            if text.strip():
+                self.header = _csv_fields(text) or []
+                break
         self.width = len(self.header)
         if not self.header:
             return  # an empty file: no records
-        self._key, features = plan_features(self.header, key_column, model_features, n_features, source.name)
-        self.names = tuple(self.header[i] for i in features)
-        self._take = operator.itemgetter(*features) if len(features) > 1 else (lambda f, i=features[0]: (f[i],))
+        self._key, self._features = plan_features(self.header, key_column, model_features, n_features, source.name)
+        self.names = tuple(self.header[i] for i in self._features)
 
-    def records(self) -> Iterator[Record]:
-        reader = self._reader
-        for fields in reader:
-            if fields:
-                yield reader.line_num, fields
+    def chunks(self, size: int) -> Iterator[tuple[int, list[str]]]:
+        return line_chunks(self._stream, self._first_line, size) if self.header else iter(())
 
-    def parse(self, records: Sequence[Record]) -> Chunk:
+    def parse(self, start: int, texts: Sequence[str], *, fast: bool = True) -> Chunk:
+        if fast and (chunk := self._parse_plain(start, texts)) is not None:
+            return chunk
         keys, lines, values, bad = [], [], [], []
-        width, key, take, name = self.width, self._key, self._take, self.source.name
-        for line, fields in records:
+        width, key, features, name = self.width, self._key, self._features, self.source.name
+        rows = 0
+        for line, text in enumerate(texts, start):
+            if not text.strip():
+                continue
+            rows += 1
+            fields = _csv_fields(text)
+            if fields is None:
+                bad.append(_bad(self.source, line, "unterminated quoted field"))
+                continue
             if len(fields) != width:
                 bad.append(_bad(self.source, line, f"expected {width} fields, got {len(fields)}"))
                 continue
             keys.append(fields[key] if key is not None else f"{name}:{line}")
             lines.append(line)
-            values.append(take(fields))
-        return _finish(self.source, len(records), keys, lines, values, self.names, bad)
+            values.append(tuple(fields[i] for i in features))
+        return _finish(self.source, rows, keys, lines, values, self.names, bad)
+
+    def _parse_plain(self, start: int, texts: Sequence[str]) -> Chunk | None:
+        """The chunk through numpy's reader if every line is plain (no quotes, right width) and parses, else None."""
+        blob = "".join(texts)
+        commas = self.width - 1
+        if '"' in blob or blob.count(",") != commas * len(texts):
+            return None
+        try:
+            X = np.loadtxt(texts, delimiter=",", usecols=self._features, dtype=np.float64, comments=None, ndmin=2)
+        except ValueError:
+            return None
+        # The comma total is right; a line short of a column fails the reader only if that column is used.
+        if len(X) != len(texts) or (
+            max(self._features) != self.width - 1 and any(text.count(",") != commas for text in texts)
+        ):
+            return None  # numpy skips blank lines; the slow path counts them out properly
+        lines = range(start, start + len(texts))
+        key = self._key
+        if key is None:
+            keys = [f"{self.source.name}:{line}" for line in lines]
+        elif key == 0:
+            keys = [text[: text.index(",")] for text in texts]
+        else:
+            keys = [text.split(",", key + 1)[key].rstrip("\r\n") for text in texts]
+        return _finish_floats(self.source, len(texts), keys, list(lines), X, self.names, [])
+
+
+def _csv_fields(text: str) -> list[str] | None:
+    """The fields of one CSV line (quotes allowed), or None if a quote is left open."""
+    if '"' not in text:
+        return text.rstrip("\r\n").split(",")
+    try:
+        return next(csv.reader((text,), strict=True), [])
+    except csv.Error:
+        return None
 
 
 class JsonLinesReader:
@@ -152,31 +214,34 @@ class JsonLinesReader:
     def __init__(self, source: InputFile, stream: TextIO, key_column: str, model_features, n_features) -> None:
         self.source = source
         self.key_column = key_column
-        lines = ((number, text) for number, text in enumerate(stream, 1) if text.strip())
         # The first object's fields stand for the header; lines before it are read again as records.
-        ahead: list[Record] = []
+        self._ahead: list[str] = []
         header: list[str] = []
-        for record in lines:
-            ahead.append(record)
-            first = _json_object(record[1])
+        for text in stream:
+            self._ahead.append(text)
+            first = _json_object(text) if text.strip() else None
             if first is not None:
                 header = [str(name) for name in first]
                 break
-        self._records = itertools.chain(ahead, lines)
-        if ahead and not header:
+        self._stream = stream
+        if not header and any(text.strip() for text in self._ahead):
             raise InputError(f"{source.name}: no line is a JSON object")
         self.names: tuple[str, ...] = ()
         if header:
             _, features = plan_features(header, key_column, model_features, n_features, source.name)
             self.names = tuple(header[i] for i in features)
 
-    def records(self) -> Iterator[Record]:
-        return self._records
+    def chunks(self, size: int) -> Iterator[tuple[int, list[str]]]:
+        return line_chunks(itertools.chain(self._ahead, self._stream), 1, size) if self.names else iter(())
 
-    def parse(self, records: Sequence[Record]) -> Chunk:
+    def parse(self, start: int, texts: Sequence[str]) -> Chunk:
         keys, lines, values, bad = [], [], [], []
         names, key_column, name = self.names, self.key_column, self.source.name
-        for line, text in records:
+        rows = 0
+        for line, text in enumerate(texts, start):
+            if not text.strip():
+                continue
+            rows += 1
             row = _json_object(text)
             if row is None:
                 bad.append(_bad(self.source, line, "not a JSON object"))
@@ -188,7 +253,7 @@ class JsonLinesReader:
             keys.append(row[key_column] if key_column in row else f"{name}:{line}")
             lines.append(line)
             values.append(tuple(row[n] for n in names))
-        return _finish(self.source, len(records), keys, lines, values, names, bad)
+        return _finish(self.source, rows, keys, lines, values, names, bad)
 
 
 def _json_row_problem(row: dict, names: Sequence[str]) -> str | None:

@@ -26,7 +26,7 @@ from ..fetch import ModelLoadError, redact_uri
 from ..models import load_model
 from .inputs import InputError, InputFile, list_inputs, open_text, output_root
 from .outcome import FailedRowLimits, decide_outcome, rows_limit_exceeded
-from .rows import Chunk, chunks, open_reader
+from .rows import Chunk, open_reader
 from .rundir import RunDirectory, RunMismatch
 from .scoring import ChunkScorer, UnsupportedModel
 
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_ROWS = 10_000
 _READ_ERRORS = (OSError, UnicodeDecodeError, csv.Error, httpx.HTTPError)
 _TEXT_LIMIT = 1000  # keeps the summary well under the 4 KiB of a termination message
+
+_SCALARS = (str, int, float, bool, type(None))
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -133,13 +135,13 @@ def _score_all(job, sources, directory, scorer, tally: Tally, emit: Emit) -> str
         try:
             with open_text(source) as stream:
                 reader = open_reader(source, stream, job.key_column, scorer.feature_names, scorer.n_features)
-                for index, records in enumerate(chunks(reader.records(), job.chunk_rows)):
+                for index, (start, texts) in enumerate(reader.chunks(job.chunk_rows)):
                     finished = directory.finished_counts(source.index, index)
                     if finished is not None:
                         scored, failed = finished
                         rows, skipped = scored + failed, True
                     else:
-                        rows, failed = _score_chunk(reader.parse(records), scorer, directory, source, index)
+                        rows, failed = _score_chunk(reader.parse(start, texts), scorer, directory, source, index)
                         skipped = False
                     tally.add(rows, failed, skipped)
                     emit({"event": "chunk", "file": source.name, "chunk": index, "rows": rows,
@@ -151,20 +153,35 @@ def _score_all(job, sources, directory, scorer, tally: Tally, emit: Emit) -> str
     return None
 
 
+def json_lines(rows: list[dict[str, Any]], *, plain: bool = False) -> bytes:
+    """One compact JSON object per line, as orjson.dumps of each with a newline would give.
+
+    `plain`: no value holds a JSON object (keys are scalars, predictions come
+    from ndarray.tolist()). Then one dumps does the chunk and a newline goes
+    between objects: inside a JSON string every quote is escaped, so
+    `},{"<first field>":` occurs only where one object ends and the next begins.
+    """
+    if not rows:
+        return b""
+    if plain:
+        between = b'},{"' + next(iter(rows[0])).encode() + b'":'
+        return orjson.dumps(rows, default=str)[1:-1].replace(between, b"}\n" + between[2:]) + b"\n"
+    return b"".join(orjson.dumps(row, default=str, option=orjson.OPT_APPEND_NEWLINE) for row in rows)
+
+
 def _score_chunk(chunk: Chunk, scorer: ChunkScorer, directory, source: InputFile, index: int) -> tuple[int, int]:
     predictions, failures = scorer.score(chunk.X)
     bad = chunk.bad
     if failures:
         bad = sorted(bad + [{"file": source.name, "line": chunk.lines[i], "reason": reason}
                             for i, reason in failures.items()], key=lambda row: row["line"])
-    line = orjson.OPT_APPEND_NEWLINE
-    out = b"".join(
-        orjson.dumps({"key": key, "prediction": prediction}, default=str, option=line)
-        for i, (key, prediction) in enumerate(zip(chunk.keys, predictions, strict=True))
-        if i not in failures
-    )
+    pairs = zip(chunk.keys, predictions, strict=True)
+    if failures:
+        pairs = (pair for i, pair in enumerate(pairs) if i not in failures)
+    rows = [{"key": key, "prediction": prediction} for key, prediction in pairs]
     try:
-        directory.write_chunk(source.index, index, out, b"".join(orjson.dumps(row, option=line) for row in bad))
+        plain = all(type(key) in _SCALARS for key in chunk.keys)  # CSV keys always; JSON keys may be objects
+        directory.write_chunk(source.index, index, json_lines(rows, plain=plain), json_lines(bad, plain=True))
     except OSError as exc:
         raise OutputError(f"writing chunk {index} of {source.name} failed: {exc.strerror or exc}") from exc
     return chunk.rows, len(bad)
