@@ -268,3 +268,20 @@ def test_batch_answers_equal_the_online_route(tmp_path, start_server, model_file
     if ChunkScorer(load_model(Settings(model_uri=str(uri), cache_dir=tmp_path / "c"))).rows_together:
         # Verified row-independent (one call per chunk): one request for all rows answers the same.
         assert one_per_row == online(features)
+
+
+def test_columns_are_picked_by_the_models_feature_names(tmp_path, training_data):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = training_data
+    estimator = LogisticRegression().fit(X[:, :3], y)
+    estimator.feature_names_in_ = np.array(["c", "a", "b"], dtype=object)  # as if fitted on a DataFrame
+    data = tmp_path / "in.csv"
+    # Another order and an extra column: without the names the width (4) would not fit the model (3).
+    data.write_text("id,a,b,extra,c\n" + "".join(
+        f"k{i},{float(row[1])!r},{float(row[2])!r},99,{float(row[0])!r}\n" for i, row in enumerate(X[:, :3])))
+    summary, _, run_dir = run_in_process(tmp_path, "unused", str(data), loader=lambda s: SklearnModel(estimator))
+    assert (summary["outcome"], summary["rows"]) == ("Succeeded", len(X))
+    with pytest.warns(UserWarning, match="feature names"):
+        expected = estimator.predict(X[:, :3]).tolist()
+    assert predictions(run_dir) == {f"k{i}": p for i, p in enumerate(expected)}

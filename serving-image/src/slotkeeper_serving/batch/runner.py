@@ -149,7 +149,8 @@ def _score_all(job, sources, directory, scorer, tally: Tally, emit: Emit) -> str
                     if (reason := rows_limit_exceeded(tally.failed, job.limits)) is not None:
                         return reason
         except _READ_ERRORS as exc:
-            raise InputError(f"reading {source.name} failed: {type(exc).__name__}: {exc}"[:_TEXT_LIMIT]) from exc
+            text = str(exc).replace(source.location, redact_uri(source.location))  # no URL credentials
+            raise InputError(f"reading {source.name} failed: {type(exc).__name__}: {text}"[:_TEXT_LIMIT]) from exc
     return None
 
 
