@@ -270,6 +270,7 @@ def test_batch_answers_equal_the_online_route(tmp_path, start_server, model_file
         assert one_per_row == online(features)
 
 
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")  # the batch mode predicts on arrays
 def test_columns_are_picked_by_the_models_feature_names(tmp_path, training_data):
     from sklearn.linear_model import LogisticRegression
 
