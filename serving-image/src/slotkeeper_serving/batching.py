@@ -145,29 +145,43 @@ class Batcher:
         finally:
             self._busy = False
 
-    def _one(self, X: np.ndarray, outputs: tuple[str, ...]) -> tuple[bool, Any]:
-        try:
-            return True, self._predict(X, outputs)
-        except Exception as exc:
-            return False, exc
-
     def _run(self, outputs: tuple[str, ...], Xs: Sequence[np.ndarray]) -> list[tuple[bool, Any]]:
         """On the model thread: one call for all, split by rows; each on its own if that fails."""
         self.calls += 1
         self.batched_requests += len(Xs)
         if len(Xs) == 1:
-            return [self._one(Xs[0], outputs)]
-        ok, results = self._one(np.concatenate(Xs), outputs)
-        total = sum(X.shape[0] for X in Xs)
-        if ok:
-            results = [np.asarray(r) for r in results]
-            if all(r.ndim > 0 and r.shape[0] == total for r in results):
-                split, start = [], 0
-                for X in Xs:
-                    end = start + X.shape[0]
-                    split.append((True, [r[start:end] for r in results]))
-                    start = end
-                return split
+            return [attempt(self._predict, Xs[0], outputs)]
+        results = predict_combined(self._predict, np.concatenate(Xs), outputs)
+        if results is not None:
+            split, start = [], 0
+            for X in Xs:
+                end = start + X.shape[0]
+                split.append((True, [r[start:end] for r in results]))
+                start = end
+            return split
         self.retries += 1
         self.calls += len(Xs)
-        return [self._one(X, outputs) for X in Xs]
+        return [attempt(self._predict, X, outputs) for X in Xs]
+
+
+def attempt(predict: Predict, X: np.ndarray, outputs: tuple[str, ...]) -> tuple[bool, Any]:
+    """(True, results) or (False, the exception): one model call that never raises."""
+    try:
+        return True, predict(X, outputs)
+    except Exception as exc:
+        return False, exc
+
+
+def predict_combined(predict: Predict, X: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray] | None:
+    """The outputs of one call over all rows of X, or None if it raised or gave no row per input row.
+
+    None means: predict the parts (requests, rows) on their own, so a bad one fails only itself.
+    Shared by the online batcher and the batch mode (batch/scoring.py).
+    """
+    ok, results = attempt(predict, X, outputs)
+    if not ok:
+        return None
+    results = [np.asarray(r) for r in results]
+    if all(r.ndim > 0 and r.shape[0] == X.shape[0] for r in results):
+        return results
+    return None

@@ -11,22 +11,18 @@ from . import __version__
 from .config import ENV, FORMATS, LOG_LEVELS, ConfigError, settings_from_env
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="slotkeeper-serve",
-        description="Serve one model over the Open Inference Protocol v2 (REST). "
-        "Every flag falls back to its environment variable, then to its default.",
-    )
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags naming the model; shared by the server and the batch mode (batch/command.py)."""
     add = parser.add_argument
     add("--model-uri", help=f"file:///path, a plain path, or http(s):// URL [{ENV['model_uri']}]")
     add("--model-name", help=f"name in the /v2/models/{{name}} routes (default: model) [{ENV['model_name']}]")
     add("--model-format", choices=FORMATS, help=f"default: detected from the artifact [{ENV['model_format']}]")
     add("--model-version", help=f"revision, reported in responses and metrics [{ENV['model_version']}]")
-    add("--host", help=f"bind address (default: 0.0.0.0) [{ENV['host']}]")
-    add("--port", type=int, help=f"default: 8080 [{ENV['port']}]")
-    add("--grpc-port", type=int, help=f"also serve OIP v2 over gRPC on this port (default: off) [{ENV['grpc_port']}]")
-    add("--workers", type=int, help=f"worker processes (default: 1) [{ENV['workers']}]")
-    add("--max-request-bytes", type=int, help=f"request body limit (default: 16 MiB) [{ENV['max_request_bytes']}]")
+
+
+def add_loading_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags for loading the model and logging; shared by the server and the batch mode."""
+    add = parser.add_argument
     add(
         "--cache-dir",
         help=f"writable directory for downloads and metric files (default: /tmp/slotkeeper) [{ENV['cache_dir']}]",
@@ -42,6 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"verified fast predict for linear models (default: on) [{ENV['fastpath']}]",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slotkeeper-serve",
+        description="Serve one model over the Open Inference Protocol v2 (REST). "
+        "Every flag falls back to its environment variable, then to its default. "
+        "`slotkeeper-serve batch --help`: score files instead (batch mode).",
+    )
+    add_model_flags(parser)
+    add = parser.add_argument
+    add("--host", help=f"bind address (default: 0.0.0.0) [{ENV['host']}]")
+    add("--port", type=int, help=f"default: 8080 [{ENV['port']}]")
+    add("--grpc-port", type=int, help=f"also serve OIP v2 over gRPC on this port (default: off) [{ENV['grpc_port']}]")
+    add("--workers", type=int, help=f"worker processes (default: 1) [{ENV['workers']}]")
+    add("--max-request-bytes", type=int, help=f"request body limit (default: 16 MiB) [{ENV['max_request_bytes']}]")
+    add_loading_flags(parser)
     add(
         "--batching",
         action=argparse.BooleanOptionalAction,
@@ -74,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["batch"]:
+        from .batch.command import main as batch_main
+
+        return batch_main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     try:

@@ -234,6 +234,18 @@ class SklearnModel:
             return None
         return [encode_tensor("predict", self._fast(X))]
 
+    def predict_arrays(self, X: np.ndarray, wanted: tuple[str, ...] = ("predict",)) -> list[Any]:
+        """Synchronous predict for the batch mode: the verified fast path where infer_inline would take it."""
+        if self._fast is not None and wanted == ("predict",) and fastpath.accepts(X, self._fast_features):
+            return [self._fast(X)]
+        return self._predict(X, wanted)
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None:
+        """Column names the estimator was fitted with (a DataFrame), else None."""
+        names = getattr(self.estimator, "feature_names_in_", None)
+        return tuple(str(n) for n in names) if names is not None else None
+
     async def infer(self, request: InferRequest) -> list[dict[str, Any]]:
         X = self._features(request)
         wanted = self._wanted(request)
@@ -302,6 +314,9 @@ class BoosterModel:
 
     def _predict_outputs(self, X: np.ndarray, wanted: tuple[str, ...]) -> list[np.ndarray]:
         return [self._predict(X)]
+
+    predict_arrays = _predict_outputs  # the batch mode's synchronous predict
+    feature_names = None  # booster files keep no column names we rely on
 
     @classmethod
     def load(cls, path: Path, kind: str) -> BoosterModel:
