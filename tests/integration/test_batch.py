@@ -119,3 +119,35 @@ async def test_removing_the_schedule_deletes_its_cron_job(operator, k8s):
                          message="CronJob deleted")
         await eventually(lambda: (status(k8s).get("batch") or {}).get("schedules") == [], timeout=10,
                          message="its record dropped")
+
+
+async def test_a_one_off_run_during_a_rollout_uses_the_stable_slot_and_bad_requests_are_refused(
+        operator, k8s, kmock, tmp_path):
+    """While the spec names the candidate, the CLI takes the stable revision's pod template from its
+    slot Deployment; an unknown endpoint (1), an unknown --job or a bad URI (2) is refused."""
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
+    manual = {**BATCH_SPEC, "strategy": {"blueGreen": {"autoPromote": False, "scaleDownDelaySeconds": 0}}}
+    code, output = await slotkeeper(kubeconfig, "batch", "run", "nothing", "--input", "file:///in",
+                                    "--output", "file:///out")
+    assert code == 1 and "404" in output  # no such endpoint
+    async with deployment_controller(k8s):
+        await k8s.create_endpoint("credit", manual, namespace="default")
+        await eventually(lambda: status(k8s).get("phase") == "Healthy", timeout=20, message="revision 1 healthy")
+        old = status(k8s)["stableRevision"]
+        await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
+        await eventually(lambda: status(k8s).get("phase") == "Paused", timeout=20, message="candidate awaits promotion")
+
+        code, output = await slotkeeper(kubeconfig, "batch", "run", "credit", "--job", "nightly", "--no-follow")
+        assert code == 0, output
+        (job,) = [j for j in k8s.objects(JOBS, namespace="default")]
+        assert job_revision(k8s, job["metadata"]["name"]) == old != status(k8s)["candidateRevision"]
+        assert job["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] == SPEC["model"]["uri"]
+        assert job["metadata"]["labels"]["slotkeeper.io/batch"] == "nightly"
+        assert "--key-column" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+        for args, why in ((["--job", "weekly"], "no job named 'weekly'"),
+                          (["--input", "s3://bucket/x.csv", "--output", "file:///out"], "input"),
+                          (["--input", "file:///in"], "output: Field required")):
+            code, output = await slotkeeper(kubeconfig, "batch", "run", "credit", *args, "--no-follow")
+            assert code == 2 and why in output, output
+        assert len(k8s.objects(JOBS, namespace="default")) == 1
