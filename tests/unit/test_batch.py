@@ -146,6 +146,10 @@ def promote(world: World) -> None:
     world.settle()
 
 
+def test_batch_jobs_are_not_part_of_the_revision():
+    assert revision_of(make_spec(batch={"jobs": [NIGHTLY]})) == revision_of(make_spec())
+
+
 def test_stable_template_only_when_the_spec_describes_the_stable_revision():
     spec = make_spec()
     assert stable_pod_template(OWNER, spec, ModelEndpointStatus()) is None
