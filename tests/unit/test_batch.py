@@ -93,6 +93,11 @@ def test_the_batch_pod_is_the_stable_slot_pod_without_serving_parts():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    restricted_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                          "projected", "secret"}
+    keyed = render_batch_job(OWNER, slot, job(input="pvc://data/in", output="pvc://out/x"), "n", "r1", "nightly")
+    for volume in batch_pod(keyed)["volumes"]:
+        assert set(volume) - {"name"} <= restricted_volumes, volume
     labels = body["spec"]["template"]["metadata"]["labels"]
     assert "slotkeeper.io/slot" not in labels  # no Service selects a batch pod
     assert labels["slotkeeper.io/revision"] == "r1" and labels["slotkeeper.io/batch"] == "nightly"
@@ -321,3 +326,93 @@ def test_a_job_summary_carries_times_and_the_failure_reason():
     summary = summarise_job(body)
     assert (summary.batch, summary.outcome, summary.reason, summary.start_time) == (
         "", "Failed", "BackoffLimitExceeded", "2026-11-21T12:00:01Z")
+
+
+# ------------------------------------------------------------------------- crash at every write
+
+
+def batch_scenario(crash_at: tuple[int, int] | None) -> World:
+    """A scheduled endpoint, a run on revision 1, a rollout promoted during it, the run ending, the
+    schedule removed; the process optionally dies in pass ``crash_at[0]`` after ``crash_at[1]`` actions."""
+    world = World(spec=make_spec(batch={"jobs": [NIGHTLY]}))
+    passes = 0
+
+    def settle() -> None:
+        nonlocal passes
+        for _ in range(30):
+            for slot in list(world.deployments):
+                world.make_ready(slot)
+            passes += 1
+            before = (dict(world.cron_jobs), world.status)
+            if crash_at and passes == crash_at[0]:
+                for action in world.decide().actions[:crash_at[1]]:
+                    world.apply(action)  # then the process dies: no status patch
+                continue
+            if not world.single_step().actions and (dict(world.cron_jobs), world.status) == before:
+                return
+        raise AssertionError("did not settle")
+
+    settle()
+    old = world.status.stable_revision
+    world.jobs["credit-nightly-1"] = batch_job("credit-nightly-1", revision=old)
+    settle()
+    world.change_spec(uri=NEW_URI, batch={"jobs": [NIGHTLY]})
+    settle()
+    world.advance(600)
+    settle()
+    world.pods.append(PodSummary(name="p", slot="", revision=old, ready=False, job="credit-nightly-1",
+                                 batch_result=BatchResult(rows=7, failed_rows=0, revision=old, outcome="Succeeded",
+                                                          reason=None)))
+    world.jobs["credit-nightly-1"] = batch_job("credit-nightly-1", "Succeeded", revision=old)
+    settle()
+    world.change_spec(uri=NEW_URI)
+    settle()
+    return world
+
+
+BATCH_BASELINE = batch_scenario(None)
+
+
+def pass_sizes() -> list[int]:
+    """How many actions each pass of the uninterrupted scenario takes."""
+    sizes: list[int] = []
+    original = World.single_step
+
+    def recording(self, gates=None):
+        decision = original(self)
+        sizes.append(len(decision.actions))
+        return decision
+
+    World.single_step = recording  # type: ignore[method-assign]
+    try:
+        batch_scenario(None)
+    finally:
+        World.single_step = original  # type: ignore[method-assign]
+    return sizes
+
+
+BATCH_CRASH_POINTS = [(index + 1, cut) for index, size in enumerate(pass_sizes()) if size for cut in range(size + 1)]
+
+
+def batch_outcome(world: World):
+    return world.status.batch, world.cron_jobs, world.status.stable_revision
+
+
+
+
+def test_the_batch_scenario_ends_with_the_run_on_the_old_revision_and_no_schedule():
+    (run,) = BATCH_BASELINE.status.batch.runs
+    assert run.outcome == "Succeeded" and run.revision != BATCH_BASELINE.status.stable_revision and run.rows == 7
+    assert BATCH_BASELINE.cron_jobs == {} and BATCH_BASELINE.status.batch.schedules == []
+    pins = [body["spec"]["jobTemplate"]["metadata"]["labels"]["slotkeeper.io/revision"]
+            for body in BATCH_BASELINE.cron_job_applies]
+    assert pins == [run.revision, BATCH_BASELINE.status.stable_revision]  # pinned, re-pinned once
+    assert len(BATCH_CRASH_POINTS) > 20
+
+
+@pytest.mark.parametrize("crash_at", BATCH_CRASH_POINTS, ids=lambda c: f"pass{c[0]}-after{c[1]}")
+def test_a_crash_anywhere_resumes_to_the_same_runs_and_schedules(crash_at):
+    world = batch_scenario(crash_at)
+    assert batch_outcome(world) == batch_outcome(BATCH_BASELINE)
+    ended = [e for e in world.events if e.reason == "BatchRunSucceeded"]
+    assert 1 <= len(ended) <= 2  # never lost; repeated only by a death between the Event and the status write
