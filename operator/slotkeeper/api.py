@@ -603,9 +603,30 @@ class Monitor(ApiModel):
 
 # ---------------------------------------------------------------------------------------- batch
 
-# A CronJob schedule as the CronJob controller reads it (robfig/cron): five fields, or a macro.
-CRON_SCHEDULE = (r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
-                 r"|[0-9A-Za-z*?/,-]+( +[0-9A-Za-z*?/,-]+){4})$")
+
+
+def _cron_field(value: str, names: str | None = None, question: bool = False) -> str:
+    """One field of a cron schedule: ``*``, values or ranges (each with an optional ``/step``), comma lists."""
+    atom = value if names is None else f"({value}|{names})"
+    item = rf"(\*|{atom}(-{atom})?)(/[1-9][0-9]*)?"
+    if question:
+        item = rf"(\?|{item})"
+    return rf"{item}(,{item})*"
+
+
+_MONTHS = "JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"
+_DAYS = "SUN|MON|TUE|WED|THU|FRI|SAT"
+# A CronJob schedule as the CronJob controller reads it (robfig/cron's standard parser): five fields
+# in their ranges, or a macro. The ranges are checked here because the apiserver refusing the CronJob
+# would stop the endpoint's reconcile (InvalidSpec) until the spec changes.
+CRON_SCHEDULE = (
+    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
+    + " +".join([_cron_field(r"[1-5]?[0-9]"), _cron_field(r"(1?[0-9]|2[0-3])"),
+                 _cron_field(r"([1-9]|[12][0-9]|3[01])", question=True),
+                 _cron_field(r"([1-9]|1[0-2])", f"{_MONTHS}|{_MONTHS.lower()}"),
+                 _cron_field(r"[0-7]", f"{_DAYS}|{_DAYS.lower()}", question=True)])
+    + ")$"
+)
 PVC_PART = r"pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/\S+"
 BATCH_INPUT_URI = rf"^((file|https?)://\S+|{PVC_PART})$"
 BATCH_OUTPUT_URI = rf"^(file://\S+|{PVC_PART})$"
@@ -629,7 +650,7 @@ class BatchJob(ApiModel):
                     "(the claim is mounted read-write).",
     )
     schedule: str | None = Field(
-        None, max_length=128, pattern=CRON_SCHEDULE,
+        None, max_length=128, pattern=CRON_SCHEDULE,  # a macro, or minute hour day-of-month month day-of-week
         description="Cron schedule (five fields or @daily, ...; the controller's time zone). Absent: a one-off "
                     "job, started by `slotkeeper batch run`.",
     )

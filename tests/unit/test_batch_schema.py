@@ -22,6 +22,7 @@ def endpoint(job: dict) -> dict:
 
 ACCEPTED = [
     {"schedule": "0 2 * * *"}, {"schedule": "*/15 * * * MON-FRI"}, {"schedule": "@daily"}, {"schedule": "0 0 1 JAN ?"},
+    {"schedule": "5,35 0-6/2 1-31 1-12 0-7"}, {"schedule": "59 23 31 dec sun"},
     {"input": "pvc://data/scoring/2026-11"}, {"input": "https://files.example.com/rows.csv"},
     {"input": "http://files/rows.jsonl"}, {"output": "pvc://results.claim/nightly"},
     {"maxFailedRows": 0, "maxFailedFraction": 0.5, "chunkRows": 1000, "keyColumn": "customer_id"},
@@ -29,6 +30,9 @@ ACCEPTED = [
 ]
 REFUSED = [
     ({"schedule": "0 2 * *"}, "schedule"), ({"schedule": "@often"}, "schedule"), ({"schedule": "0 2 * * * *"}, "schedule"),
+    ({"schedule": "60 * * * *"}, "schedule"), ({"schedule": "0 24 * * *"}, "schedule"), ({"schedule": "0 0 0 * *"}, "schedule"),
+    ({"schedule": "0 0 * 13 *"}, "schedule"), ({"schedule": "0 0 * * 8"}, "schedule"), ({"schedule": "*/0 * * * *"}, "schedule"),
+    ({"schedule": "TZ=UTC 0 2 * * *"}, "schedule"),
     ({"input": "s3://bucket/rows.csv"}, "input"), ({"input": "pvc://data"}, "input"), ({"input": "/data/rows.csv"}, "input"),
     ({"output": "https://files.example.com/out"}, "output"), ({"output": "pvc:///out"}, "output"),
     ({"name": "Nightly"}, "name"), ({"name": "a-very-long-batch-job-name"}, "name"),
