@@ -252,7 +252,8 @@ def fold_runs(runs: list[BatchRun], jobs: Iterable[JobSummary], results: Mapping
         by_name[job.name] = run
     for name, run in list(by_name.items()):
         if name not in seen and run.outcome == "Running":
-            by_name[name] = run.model_copy(update={"outcome": "Missing", "reason": "the Job was deleted before it ended"})
+            by_name[name] = run.model_copy(update={"outcome": "Missing",
+                                                   "reason": "the Job was deleted before it ended"})
             ended.append(by_name[name])
     history = sorted(by_name.values(), key=lambda run: (run.created, run.job_name))[-RUN_HISTORY:]
     return history, [run for run in ended if run in history]

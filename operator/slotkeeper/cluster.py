@@ -49,8 +49,8 @@ from kubernetes.client import (ApiClient, AppsV1Api, AutoscalingV2Api, BatchV1Ap
 from kubernetes.client.exceptions import ApiException
 
 from .actions import (Action, ApplyAutoscaler, ApplyCronJob, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
-                      CreateJob, DeleteCronJob, CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteRoute, EmitEvent,
-                      HandOverReplicas, ScaleDeployment, SwitchTraffic)
+                      CreateJob, CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteCronJob, DeleteRoute,
+                      EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
 from .render import KEY_NAMES, render_keys_secret, slot_object_name
 
