@@ -151,3 +151,34 @@ async def test_a_one_off_run_during_a_rollout_uses_the_stable_slot_and_bad_reque
             code, output = await slotkeeper(kubeconfig, "batch", "run", "credit", *args, "--no-follow")
             assert code == 2 and why in output, output
         assert len(k8s.objects(JOBS, namespace="default")) == 1
+
+
+async def test_a_run_that_ends_while_the_operator_is_down_is_recorded_once_after_the_restart(
+        run_operator, operator_registry, operator_settings, k8s, kmock):
+    """Status is the memory: after a restart the run that ended meanwhile gets its record and its one
+    Event, the run that ended before gets no second one, and the CronJob is not applied again."""
+    def announced(job: str) -> int:
+        return len([e for e in k8s.events_for("credit", namespace="default")
+                    if e["reason"] == "BatchRunSucceeded" and job in e["message"]])
+
+    operator = await run_operator(operator_registry, settings=operator_settings)
+    async with deployment_controller(k8s), batch_controller(k8s) as batch:
+        await k8s.create_endpoint("credit", BATCH_SPEC, namespace="default")
+        await eventually(lambda: cron_revision(k8s) is not None, timeout=20, message="CronJob created")
+        first, second = await batch.fire("credit-nightly"), await batch.fire("credit-nightly")
+        batch.finish(first, rows=100)
+        await eventually(lambda: runs(k8s).get(first, {}).get("outcome") == "Succeeded"
+                         and runs(k8s).get(second, {}).get("outcome") == "Running", timeout=20,
+                         message="one run ended, one running")
+        await eventually(lambda: announced(first) == 1, message="its Event posted")
+        await operator.stop()
+        cron_changes = len(kmock.changes(CRONJOBS))
+        batch.finish(second, rows=200, failed=1)
+        await eventually(lambda: batch.pod_of(second)["status"]["phase"] == "Succeeded", message="ended while down")
+        await run_operator(operator_registry, settings=operator_settings)
+        await eventually(lambda: runs(k8s).get(second, {}).get("outcome") == "Succeeded", timeout=20,
+                         message="recorded after the restart")
+    assert (runs(k8s)[second]["rows"], runs(k8s)[second]["failedRows"]) == (200, 1)
+    assert len(kmock.changes(CRONJOBS)) == cron_changes
+    await eventually(lambda: announced(second) == 1, message="the Event of the run that ended while down")
+    assert announced(first) == 1  # not announced again

@@ -416,3 +416,19 @@ def test_a_crash_anywhere_resumes_to_the_same_runs_and_schedules(crash_at):
     assert batch_outcome(world) == batch_outcome(BATCH_BASELINE)
     ended = [e for e in world.events if e.reason == "BatchRunSucceeded"]
     assert 1 <= len(ended) <= 2  # never lost; repeated only by a death between the Event and the status write
+
+
+def test_batch_list_shows_schedules_and_runs_newest_first():
+    from slotkeeper.views import format_batch
+
+    assert format_batch({"status": {}}) == "no batch runs yet"
+    endpoint = {"status": {"batch": {
+        "schedules": [{"name": "nightly", "cronJob": "credit-nightly", "revision": "r2", "config": "x"}],
+        "runs": [{"jobName": "credit-nightly-1", "job": "nightly", "revision": "r1", "created": "t1",
+                  "startTime": "t1", "completionTime": "t2", "rows": 1000, "failedRows": 3, "outcome": "Succeeded"},
+                 {"jobName": "credit-batch-9", "revision": "r2", "created": "t3", "outcome": "Running"}]}}}
+    lines = format_batch(endpoint).splitlines()
+    assert lines[1].split() == ["nightly", "credit-nightly", "r2"]
+    runs = [line.split() for line in lines[3:]]
+    assert runs[1][:3] == ["credit-batch-9", "-", "r2"] and "Running" in runs[1]
+    assert runs[2] == ["credit-nightly-1", "nightly", "r1", "t1", "t2", "1000", "3", "Succeeded"]
