@@ -75,7 +75,10 @@ def stable_template(apps, namespace: str, owner: dict, spec: ModelEndpointSpec, 
 
 def start_run(args: argparse.Namespace, custom, apps, batch) -> tuple[str, str]:
     endpoint = custom.get_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, args.name)
-    spec = ModelEndpointSpec.model_validate(endpoint.get("spec") or {})
+    try:
+        spec = ModelEndpointSpec.model_validate(endpoint.get("spec") or {})
+    except ValidationError as error:
+        raise BatchError(f"its spec is invalid: {spec_error(error)}") from None
     status = ModelEndpointStatus.model_validate(endpoint.get("status") or {})
     if status.stable_revision is None:
         raise BatchError(f"{args.name} has no stable revision yet: nothing to score with")
