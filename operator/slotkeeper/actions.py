@@ -104,6 +104,18 @@ class CreateJob:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ApplyCronJob:
+    """Create or update a scheduled batch job's CronJob (server-side apply)."""
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteCronJob:
+    """Delete a CronJob whose schedule left the spec (its Jobs go with it); gone already is fine."""
+    name: str
+
+
 Action = (ApplyDeployment | ScaleDeployment | HandOverReplicas | ApplyAutoscaler | DeleteAutoscaler
           | ApplyDisruptionBudget | CreateService | SwitchTraffic | ApplyRoute | DeleteRoute | EmitEvent
-          | CreateKeysSecret | CreateJob)
+          | CreateKeysSecret | CreateJob | ApplyCronJob | DeleteCronJob)

@@ -601,6 +601,93 @@ class Monitor(ApiModel):
     on_failure: MonitorOnFailure = Field(default_factory=MonitorOnFailure)
 
 
+# ---------------------------------------------------------------------------------------- batch
+
+
+
+def _cron_field(value: str, names: str | None = None, question: bool = False) -> str:
+    """One field of a cron schedule: ``*``, values or ranges (each with an optional ``/step``), comma lists."""
+    atom = value if names is None else f"({value}|{names})"
+    item = rf"(\*|{atom}(-{atom})?)(/[1-9][0-9]*)?"
+    if question:
+        item = rf"(\?|{item})"
+    return rf"{item}(,{item})*"
+
+
+_MONTHS = "JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"
+_DAYS = "SUN|MON|TUE|WED|THU|FRI|SAT"
+# A CronJob schedule as the CronJob controller reads it (robfig/cron's standard parser): five fields
+# in their ranges, or a macro. The ranges are checked here because the apiserver refusing the CronJob
+# would stop the endpoint's reconcile (InvalidSpec) until the spec changes.
+CRON_SCHEDULE = (
+    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
+    + " +".join([_cron_field(r"[1-5]?[0-9]"), _cron_field(r"(1?[0-9]|2[0-3])"),
+                 _cron_field(r"([1-9]|[12][0-9]|3[01])", question=True),
+                 _cron_field(r"([1-9]|1[0-2])", f"{_MONTHS}|{_MONTHS.lower()}"),
+                 _cron_field(r"[0-7]", f"{_DAYS}|{_DAYS.lower()}", question=True)])
+    + ")$"
+)
+PVC_PART = r"pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/\S+"
+BATCH_INPUT_URI = rf"^((file|https?)://\S+|{PVC_PART})$"
+BATCH_OUTPUT_URI = rf"^(file://\S+|{PVC_PART})$"
+BATCH_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_BATCH_NAME_LENGTH = 20  # "<endpoint>-<name>" is cut to a 52-character CronJob name
+
+
+class BatchJob(ApiModel):
+    """A named batch scoring job: a schedule makes it a CronJob; without one it is a preset for
+    `slotkeeper batch run NAME --job <name>`. Runs use the stable revision as status shows it."""
+
+    name: str = Field(min_length=1, max_length=MAX_BATCH_NAME_LENGTH, pattern=BATCH_NAME)
+    input: str = Field(
+        min_length=1, max_length=2048, pattern=BATCH_INPUT_URI,
+        description="A file or a directory (its *.csv and *.jsonl files, sorted): file://, http(s)://, or "
+                    "pvc://<claim>/<path> (the claim is mounted read-only at /mnt/batch/<claim>).",
+    )
+    output: str = Field(
+        min_length=1, max_length=2048, pattern=BATCH_OUTPUT_URI,
+        description="Where <run>/part-*.jsonl and _SUMMARY.json go: file:// or pvc://<claim>/<path> "
+                    "(the claim is mounted read-write).",
+    )
+    schedule: str | None = Field(
+        None, max_length=128, pattern=CRON_SCHEDULE,  # a macro, or minute hour day-of-month month day-of-week
+        description="Cron schedule (five fields or @daily, ...; the controller's time zone). Absent: a one-off "
+                    "job, started by `slotkeeper batch run`.",
+    )
+    key_column: str | None = Field(None, min_length=1, max_length=253,
+                                   description="The column (CSV) or key (JSON lines) echoed beside each "
+                                               "prediction. Absent: id (rows without one get <file>:<line>).")
+    chunk_rows: int | None = Field(None, ge=1, le=10_000_000, description="Rows per chunk (one part file each).")
+    max_failed_rows: int | None = Field(None, ge=0, description="More failed rows than this fail the run.")
+    max_failed_fraction: float | None = Field(
+        None, ge=0, le=1, description="A larger fraction of failed rows fails the run. Absent: 0.01 (the batch "
+                                      "mode's default).")
+    resources: Resources | None = Field(
+        None, description="The batch pod's resources. Absent: the stable revision's serving resources.",
+    )
+    backoff_limit: int = Field(
+        3, ge=0, le=20, description="Pod retries of a run (a killed pod's successor resumes: finished chunks are "
+                                    "skipped).",
+    )
+    suspend: bool = Field(False, description="Suspend the schedule (the CronJob's suspend).")
+
+
+class Batch(ApiModel):
+    """Batch scoring with the endpoint's stable revision (README: Batch scoring)."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        ("self.jobs.all(j, self.jobs.exists_one(k, k.name == j.name))", "batch job names are unique"),
+    ))
+    jobs: list[BatchJob] = Field(min_length=1, max_length=16)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Batch:
+        names = [job.name for job in self.jobs]
+        if len(set(names)) != len(names):
+            raise ValueError("batch job names are unique")
+        return self
+
+
 # A Secret name is a DNS-1123 subdomain; "<endpoint>-keys" always is one (endpoint names are DNS labels).
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -665,6 +752,9 @@ class ModelEndpointSpec(ApiModel):
     monitor: Monitor | None = Field(
         None, description="Quality monitor: checks of the stable revision after promotion, with a Job and/or a revert "
                           "to the previous revision when one fails. Absent: nothing is checked after promotion.",
+    )
+    batch: Batch | None = Field(
+        None, description="Batch scoring jobs run with the stable revision, once or on a schedule. Absent: none.",
     )
 
 
@@ -742,6 +832,34 @@ class MonitorStatus(ApiModel):
     revert: MonitorRevert | None = None
 
 
+class BatchRun(ApiModel):
+    """One batch run (a Job), as observed: the revision it was pinned to and how it went."""
+    job_name: str
+    job: str | None = Field(None, description="The spec.batch.jobs entry; absent for an ad hoc run.")
+    revision: str
+    created: str
+    start_time: str | None = None
+    completion_time: str | None = None
+    rows: int | None = None
+    failed_rows: int | None = None
+    outcome: Literal["Running", "Succeeded", "Failed", "Missing"] = "Running"
+    reason: str | None = None
+
+
+class BatchSchedule(ApiModel):
+    """A CronJob the operator applied: which revision its job template pins, and the config hash."""
+    name: str
+    cron_job: str
+    revision: str
+    config: str
+
+
+class BatchStatus(ApiModel):
+    runs: list[BatchRun] = Field(default_factory=list, description="The most recent runs, oldest first.")
+    schedules: list[BatchSchedule] = Field(default_factory=list)
+    waiting: str | None = Field(None, description="Why a schedule has no CronJob yet.")
+
+
 class Rollout(ApiModel):
     """The rollout under way: enough to resume it after a restart."""
 
@@ -795,3 +913,4 @@ class ModelEndpointStatus(ApiModel):
     )
     url: str | None = None
     monitor: MonitorStatus | None = Field(None, description="The quality monitor of the stable revision.")
+    batch: BatchStatus | None = Field(None, description="Batch runs and schedules (spec.batch).")

@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--primary", action="store_true")
     which.add_argument("--secondary", action="store_true")
     regenerate.set_defaults(func=_regenerate_key)
+    from .batch_cli import add_commands  # noqa: PLC0415
+
+    add_commands(commands, sub)
     return parser
 
 

@@ -21,6 +21,8 @@ How it writes, and why (each is what the apiserver does with it, pinned by tests
   409, and the next pass looks again).
 * The quality monitor's Job is **created** under a deterministic name, never patched: a 409 means
   this episode's Job exists already.
+* A scheduled batch job's CronJob is **server-side applied** (its job template re-rendered when
+  the stable revision changes) and deleted when the schedule leaves the spec (404: gone already).
 * An autoscaler is deleted when its slot stops serving; deleting one that is gone is no error.
 * A keyed endpoint's Secret ``<name>-keys`` is **created**, never applied or patched: a 409 means it
   exists (made earlier, rotated by ``slotkeeper regenerate-key``, or brought by the user) and it is
@@ -46,9 +48,9 @@ from kubernetes.client import (ApiClient, AppsV1Api, AutoscalingV2Api, BatchV1Ap
                                PolicyV1Api)
 from kubernetes.client.exceptions import ApiException
 
-from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
-                      CreateJob, CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteRoute, EmitEvent,
-                      HandOverReplicas, ScaleDeployment, SwitchTraffic)
+from .actions import (Action, ApplyAutoscaler, ApplyCronJob, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
+                      CreateJob, CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteCronJob, DeleteRoute,
+                      EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
 from .render import KEY_NAMES, render_keys_secret, slot_object_name
 
@@ -194,6 +196,15 @@ class Cluster:
                 await self._call(self.batch.create_namespaced_job, namespace, action.body, field_manager=FIELD_MANAGER)
             except ApiException as error:
                 if error.status != 409:  # made already (a pass that crashed before its status write)
+                    raise
+        elif isinstance(action, ApplyCronJob):
+            await self._call(self.batch.patch_namespaced_cron_job, action.body["metadata"]["name"], namespace,
+                             action.body, **APPLY)
+        elif isinstance(action, DeleteCronJob):
+            try:
+                await self._call(self.batch.delete_namespaced_cron_job, action.name, namespace)
+            except ApiException as error:
+                if error.status != 404:  # gone already: what was asked
                     raise
         elif isinstance(action, DeleteRoute):
             group, version, plural = HTTPROUTES

@@ -36,6 +36,7 @@ from .checks.canary import actual_weight, replicas_for_weight
 from .checks.verdicts import Verdict, next_check_status, next_due, status_for, summarise_checks
 from .clock import format_time, parse_time
 from .conditions import set_condition
+from .batch import decide_batch
 from .monitor import decide_monitor
 from .observe import DEFAULT_REPLICAS, Observed
 from .render import (ANNOTATION_CONFIG, LABEL_SLOT, NO_SLOT, endpoint_url, render_endpoint_service,
@@ -335,6 +336,7 @@ def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gate
         _rollout(step, revision)
 
     decide_monitor(step)
+    decide_batch(step)
     _converge_slot_objects(step)
     _converge_route(step)
     _report_slots_and_traffic(step)

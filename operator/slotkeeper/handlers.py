@@ -164,7 +164,8 @@ async def endpoint_routes(namespace: str, labels: kopf.Labels, body: kopf.Body, 
     return {(namespace, labels[LABEL_ENDPOINT]): summarise_route(body)}
 
 
-# The quality monitor's Jobs (spec.monitor.onFailure.job): their outcome is shown in status.
+# The quality monitor's Jobs (spec.monitor.onFailure.job) and batch runs (spec.batch, `slotkeeper batch
+# run`): their outcome is shown in status. Batch pods come with the pods index (their summary).
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
 async def monitor_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, labels[LABEL_ENDPOINT]): summarise_job(body)}

@@ -7,10 +7,15 @@ HorizontalPodAutoscalers and PodDisruptionBudgets the operator owns, fed by watc
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .render import ANNOTATION_CONFIG, LABEL_REVISION, LABEL_SLOT
+
+LABEL_BATCH = "slotkeeper.io/batch"  # on batch Jobs and pods (batch.py)
+JOB_NAME_LABEL = "job-name"  # on a Job's pods, set by the Job controller
 
 # The field manager of slotkeeper's server-side applies (cluster.py sends it).
 APPLY_MANAGER = "slotkeeper"
@@ -65,6 +70,8 @@ class PodSummary:
     ready: bool
     ip: str | None = None
     failure: str | None = None  # "<reason>: <message>" of a container stuck in a FAIL_FAST_REASONS state
+    job: str | None = None  # a batch pod's Job
+    batch_result: BatchResult | None = None  # a batch pod's summary, once it has terminated
 
 
 @dataclass(frozen=True)
@@ -125,23 +132,73 @@ class RouteSummary:
 
 @dataclass(frozen=True)
 class JobSummary:
-    """A quality-monitor Job the endpoint owns: its name, the revision it was made for, how it went."""
+    """A Job the endpoint owns (a quality-monitor Job, or a batch run: ``batch`` is then its
+    ``slotkeeper.io/batch`` label, "" for an ad hoc run): the revision it was made for, how it went."""
     name: str
     revision: str | None
     outcome: str  # Running | Succeeded | Failed
+    batch: str | None = None
+    created: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    reason: str | None = None  # the Failed condition's reason (BackoffLimitExceeded, PodFailurePolicy, ...)
 
 
 def summarise_job(body: Mapping[str, Any]) -> JobSummary:
     meta, status = body.get("metadata", {}), body.get("status") or {}
-    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-    if conditions.get("Complete") == "True" or (status.get("succeeded") or 0) > 0 and conditions.get("Failed") != "True":
+    labels = meta.get("labels") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    state = {kind: (condition or {}).get("status") for kind, condition in conditions.items()}
+    if state.get("Complete") == "True" or (status.get("succeeded") or 0) > 0 and state.get("Failed") != "True":
         outcome = "Succeeded"
-    elif conditions.get("Failed") == "True":
+    elif state.get("Failed") == "True":
         outcome = "Failed"
     else:
         outcome = "Running"
-    return JobSummary(name=meta.get("name", ""), revision=(meta.get("labels") or {}).get(LABEL_REVISION),
-                      outcome=outcome)
+    return JobSummary(name=meta.get("name", ""), revision=labels.get(LABEL_REVISION), outcome=outcome,
+                      batch=labels.get(LABEL_BATCH), created=meta.get("creationTimestamp"),
+                      start_time=status.get("startTime"), completion_time=status.get("completionTime"),
+                      reason=(conditions.get("Failed") or {}).get("reason") if outcome == "Failed" else None)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The summary a batch pod wrote as its termination message (only these fields are kept: the
+    message is the container's to write, and status must never carry what else it may hold)."""
+    rows: int | None
+    failed_rows: int | None
+    revision: str | None
+    outcome: str | None
+    reason: str | None
+
+
+REASON_LENGTH = 300
+# userinfo and query strings of URLs (a presigned URL's signature) never reach status or Events.
+_URL_SECRETS = re.compile(r"(\w+://)[^/\s@]*@|\?[^\s\"']*")
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def batch_result(statuses: Iterable[Mapping[str, Any]]) -> BatchResult | None:
+    """The batch mode's summary from the terminated container's message; None without one."""
+    for status in statuses:
+        message = ((status.get("state") or {}).get("terminated") or {}).get("message")
+        try:
+            summary = json.loads(message) if message else None
+        except ValueError:
+            summary = None
+        if not isinstance(summary, dict):
+            continue
+        reason = summary.get("reason")
+        reason = _URL_SECRETS.sub(lambda m: m.group(1) or "?…", reason)[:REASON_LENGTH] \
+            if isinstance(reason, str) and reason else None
+        revision, outcome = summary.get("revision"), summary.get("outcome")
+        return BatchResult(rows=_count(summary.get("rows")), failed_rows=_count(summary.get("failedRows")),
+                           revision=revision if isinstance(revision, str) else None,
+                           outcome=outcome if outcome in ("Succeeded", "Failed") else None, reason=reason)
+    return None
 
 
 _SAME = object()  # shown_selector's default: the watches showed what endpoint_selector says
@@ -161,7 +218,8 @@ class Observed:
     route: RouteSummary | None = None
     shown_route: Any = _SAME
     gateway_api_missing: bool = False  # the cluster does not serve HTTPRoutes
-    jobs: tuple[JobSummary, ...] = ()  # the quality monitor's Jobs (batch/v1)
+    jobs: tuple[JobSummary, ...] = ()  # the quality monitor's Jobs and batch runs (batch/v1)
+    batch_results: Mapping[str, BatchResult] = field(default_factory=dict)  # Job name -> its pod's summary
 
     def slot(self, name: str) -> SlotObservation:
         return self.slots.get(name) or SlotObservation(deployment=None)
@@ -182,7 +240,8 @@ class Observed:
         same = (None if selector is None else dict(selector)) == (None if shown is None else dict(shown))
         return Observed(slots=slots, endpoint_selector=selector, slot_services=slot_services,
                         shown_selector=_SAME if same else shown, route=self.route, shown_route=self.shown_route,
-                        gateway_api_missing=self.gateway_api_missing, jobs=self.jobs)
+                        gateway_api_missing=self.gateway_api_missing, jobs=self.jobs,
+                        batch_results=self.batch_results)
 
     def expecting_route(self, route: RouteSummary | None) -> Observed:
         """This world with a route write (None: a delete) the watches have not shown yet."""
@@ -250,9 +309,12 @@ def summarise_pod(body: Mapping[str, Any]) -> PodSummary:
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     failure = _container_failure(status.get("initContainerStatuses") or []) or \
         _container_failure(status.get("containerStatuses") or [])
+    batch = LABEL_BATCH in labels
     return PodSummary(
         name=meta.get("name", ""), slot=labels.get(LABEL_SLOT, ""), revision=labels.get(LABEL_REVISION),
         ready=ready, ip=status.get("podIP"), failure=failure,
+        job=labels.get(JOB_NAME_LABEL) if batch else None,
+        batch_result=batch_result(status.get("containerStatuses") or []) if batch else None,
     )
 
 
@@ -275,8 +337,9 @@ def observe_endpoint(
                               autoscaler=hpas.get(slot), disruption_budget=pdbs.get(slot))
         for slot in {*by_slot, *hpas, *pdbs}
     }
+    results = {pod.job: pod.batch_result for pod in pods if pod.job and pod.batch_result is not None}
     return Observed(slots=slots, endpoint_selector=endpoint_selector, slot_services=frozenset(slot_services),
-                    route=route, jobs=tuple(jobs))
+                    route=route, jobs=tuple(jobs), batch_results=results)
 
 
 def _parent_key(ref: Mapping[str, Any], namespace: str | None) -> tuple:

@@ -69,3 +69,22 @@ def format_history(endpoint: Mapping[str, Any]) -> str:
     return table(["TIME", "REVISION", "OUTCOME", "REASON", "MODEL", "MESSAGE"], [
         [h.get("time"), h.get("revision"), h.get("outcome"), h.get("reason"), h.get("modelUri"), h.get("message")]
         for h in reversed(history)])
+
+
+def format_batch(endpoint: Mapping[str, Any]) -> str:
+    """``slotkeeper batch list``: the schedules and their pinned revision, then the runs, newest first."""
+    batch = (endpoint.get("status") or {}).get("batch") or {}
+    lines = []
+    if batch.get("schedules"):
+        lines += [table(["SCHEDULE", "CRONJOB", "REVISION"], [
+            [s.get("name"), s.get("cronJob"), s.get("revision")] for s in batch["schedules"]]), ""]
+    if batch.get("waiting"):
+        lines += [f"waiting: {batch['waiting']}", ""]
+    runs = batch.get("runs") or []
+    if not runs:
+        return "\n".join(lines + ["no batch runs yet"])
+    lines.append(table(["RUN", "JOB", "REVISION", "STARTED", "ENDED", "ROWS", "FAILED", "OUTCOME", "REASON"], [
+        [r.get("jobName"), r.get("job") or "-", r.get("revision"), r.get("startTime") or r.get("created"),
+         r.get("completionTime"), r.get("rows"), r.get("failedRows"), r.get("outcome"), r.get("reason")]
+        for r in reversed(runs)]))
+    return "\n".join(lines)

@@ -284,3 +284,39 @@ def test_a_crd_whose_cel_rule_does_not_compile_is_refused(backend: Backend) -> N
     finally:
         if backend.request('GET', f'{path}/{name}').status == 200:
             backend.request('DELETE', f'{path}/{name}')
+
+
+def cronjobs(namespace: str, name: str = '') -> str:
+    return f'/apis/batch/v1/namespaces/{namespace}/cronjobs' + (f'/{name}' if name else '')
+
+
+def cron_job(name: str, env: list[dict[str, str]]) -> dict[str, Any]:
+    pod = {'restartPolicy': 'Never', 'containers': [{'name': 'model', 'image': 'example/model:1',
+                                                      'args': ['batch'], 'env': env}]}
+    labels = {'slotkeeper.io/batch': 'nightly', 'slotkeeper.io/revision': env[0]['value']}
+    return {'apiVersion': 'batch/v1', 'kind': 'CronJob', 'metadata': {'name': name, 'labels': labels},
+            'spec': {'schedule': '0 2 * * *', 'suspend': False, 'concurrencyPolicy': 'Forbid',
+                     'jobTemplate': {'metadata': {'labels': labels},
+                                     'spec': {'backoffLimit': 3, 'template': {'metadata': {'labels': labels},
+                                                                              'spec': pod}}}}}
+
+
+def test_a_cron_job_is_created_by_apply_re_pinned_by_the_next_and_deleted_once(backend: Backend, namespace: str) -> None:
+    """What batch schedules rely on: an apply creates the CronJob; an apply of another job template
+    (the new stable revision) leaves exactly that template (a dropped env var gone); a repeated apply
+    changes nothing; a second delete is a 404 (the operator takes it as done)."""
+    path = cronjobs(namespace, 'credit-nightly')
+    created = apply(backend, path, cron_job('credit-nightly', [{'name': 'SLOTKEEPER_MODEL_VERSION', 'value': 'r1'},
+                                                               {'name': 'OLD', 'value': '1'}]))
+    assert created.status == 201, created
+    assert created.body['kind'] == 'CronJob' and created.body['spec']['schedule'] == '0 2 * * *'
+    repinned = apply(backend, path, cron_job('credit-nightly', [{'name': 'SLOTKEEPER_MODEL_VERSION', 'value': 'r2'}])).ok()
+    template = repinned.body['spec']['jobTemplate']
+    assert template['spec']['template']['spec']['containers'][0]['env'] == [
+        {'name': 'SLOTKEEPER_MODEL_VERSION', 'value': 'r2'}]
+    assert template['metadata']['labels']['slotkeeper.io/revision'] == 'r2'
+    assert template['spec']['template']['spec']['containers'][0]['args'] == ['batch']
+    again = apply(backend, path, cron_job('credit-nightly', [{'name': 'SLOTKEEPER_MODEL_VERSION', 'value': 'r2'}])).ok()
+    assert again.body['metadata']['resourceVersion'] == repinned.body['metadata']['resourceVersion']
+    assert backend.request('DELETE', path).status == 200
+    assert backend.request('DELETE', path).status == 404

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -281,3 +282,108 @@ class PlayedGateway:
             await answer.read()
             self.answered.append(answer.headers.get("X-Answered-By"))
             self.statuses.append(answer.status)
+
+
+JOBS = kmock.resource("batch/v1/jobs")
+CRONJOBS = kmock.resource("batch/v1/cronjobs")
+BATCH = "slotkeeper.io/batch"
+
+
+def _env(pod_spec: dict[str, Any], name: str) -> str | None:
+    return next((e.get("value") for c in pod_spec.get("containers") or [] for e in c.get("env") or []
+                 if e.get("name") == name), None)
+
+
+class BatchController:
+    """Plays the CronJob controller, the Job controller and the kubelet for batch runs (labelled
+    ``slotkeeper.io/batch``), through the API.
+
+    :meth:`fire` is a schedule coming due: a Job from the CronJob's ``jobTemplate`` as it is at that
+    moment, owned by the CronJob, named ``<cronjob>-<n>``. Each batch Job gets one Pod from its own
+    template (its labels plus ``job-name``) and ``status.startTime``; the Job then stays running
+    until the test calls :meth:`finish`, after which the Pod terminates with the batch mode's summary
+    as its termination message (the revision it reports is its env's SLOTKEEPER_MODEL_VERSION, as
+    the real batch mode's) and the Job gets Complete (or Failed, with ``ok=False``).
+    """
+
+    def __init__(self, k8s: Kube, namespace: str = "default", period: float = 0.02) -> None:
+        self.k8s, self.namespace, self.period = k8s, namespace, period
+        self.results: dict[str, tuple[int, int, bool]] = {}
+        self._fired = itertools.count(29_000_000)
+
+    async def fire(self, cron_job: str) -> str:
+        cron = self.k8s.peek(CRONJOBS, cron_job, namespace=self.namespace)
+        template = cron["spec"]["jobTemplate"]
+        name = f"{cron_job}-{next(self._fired)}"
+        owner = {"apiVersion": "batch/v1", "kind": "CronJob", "name": cron_job, "uid": cron["metadata"]["uid"],
+                 "controller": True, "blockOwnerDeletion": True}
+        await self.k8s.create(JOBS, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+            "name": name, "labels": dict(template["metadata"]["labels"]), "ownerReferences": [owner]},
+            "spec": template["spec"]}, namespace=self.namespace)
+        return name
+
+    def finish(self, job: str, rows: int, failed: int = 0, ok: bool = True) -> None:
+        self.results[job] = (rows, failed, ok)
+
+    def pod_of(self, job: str) -> dict[str, Any] | None:
+        return next((p for p in self.k8s.objects(PODS, namespace=self.namespace)
+                     if (p["metadata"].get("labels") or {}).get("job-name") == job), None)
+
+    async def sync_once(self) -> None:
+        for job in self.k8s.objects(JOBS, namespace=self.namespace):
+            if BATCH in (job["metadata"].get("labels") or {}):
+                await self._sync(job)
+
+    async def _sync(self, job: dict[str, Any]) -> None:
+        name, status = job["metadata"]["name"], job.get("status") or {}
+        pod = self.pod_of(name)
+        if pod is None:
+            template = job["spec"]["template"]
+            labels = {**template["metadata"]["labels"], "job-name": name}
+            await self.k8s.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": f"{name}-pod", "labels": labels}, "spec": template["spec"]}, namespace=self.namespace)
+            await self.k8s.patch(PODS, f"{name}-pod", {"status": {"phase": "Running", "containerStatuses": [
+                {"name": "model", "ready": True, "restartCount": 0, "image": "", "imageID": "",
+                 "state": {"running": {"startedAt": "2026-12-01T02:00:01Z"}}}]}},
+                namespace=self.namespace, subresource="status")
+            await self.k8s.patch(JOBS, name, {"status": {"startTime": "2026-12-01T02:00:00Z", "active": 1}},
+                                 namespace=self.namespace, subresource="status")
+            return
+        if name not in self.results or status.get("completionTime") or any(
+                c.get("type") == "Failed" for c in status.get("conditions") or []):
+            return
+        rows, failed, ok = self.results[name]
+        revision = _env(pod["spec"], "SLOTKEEPER_MODEL_VERSION")
+        summary = {"runId": name, "revision": revision, "model": _env(pod["spec"], "SLOTKEEPER_MODEL_NAME"),
+                   "rows": rows, "failedRows": failed, "seconds": 1.5, "outcome": "Succeeded" if ok else "Failed",
+                   "reason": None if ok else f"{failed} failed rows exceed the threshold"}
+        await self.k8s.patch(PODS, pod["metadata"]["name"], {"status": {
+            "phase": "Succeeded" if ok else "Failed", "containerStatuses": [
+                {"name": "model", "ready": False, "restartCount": 0, "image": "", "imageID": "", "state": {
+                    "terminated": {"exitCode": 0 if ok else 1, "reason": "Completed" if ok else "Error",
+                                   "message": json.dumps(summary, separators=(",", ":"))}}}]}},
+            namespace=self.namespace, subresource="status")
+        condition = {"type": "Complete" if ok else "Failed", "status": "True",
+                     "reason": "Completed" if ok else "PodFailurePolicy",
+                     "lastTransitionTime": "2026-12-01T02:10:00Z", "lastProbeTime": "2026-12-01T02:10:00Z"}
+        await self.k8s.patch(JOBS, name, {"status": {"active": 0, "conditions": [condition],
+                                                     **({"succeeded": 1, "completionTime": "2026-12-01T02:10:00Z"}
+                                                        if ok else {"failed": 1})}},
+                             namespace=self.namespace, subresource="status")
+
+    async def run(self) -> None:
+        while True:
+            await self.sync_once()
+            await asyncio.sleep(self.period)
+
+
+@contextlib.asynccontextmanager
+async def batch_controller(k8s: Kube, namespace: str = "default") -> AsyncIterator[BatchController]:
+    controller = BatchController(k8s, namespace)
+    task = asyncio.create_task(controller.run(), name="fake-batch-controller")
+    try:
+        yield controller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

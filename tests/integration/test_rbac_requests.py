@@ -109,3 +109,26 @@ async def test_every_request_of_an_autoscaled_rollout_is_allowed_by_the_rbac(
     assert {("autoscaling", "horizontalpodautoscalers", "patch"), ("autoscaling", "horizontalpodautoscalers", "delete"),
             ("policy", "poddisruptionbudgets", "patch")} <= made  # the test saw the writes
     assert made - grants(role) == set(), f"{role.name} does not allow: {sorted(made - grants(role))}"
+
+
+@pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
+async def test_every_request_of_a_batch_schedule_and_its_runs_is_allowed_by_the_rbac(
+        run_operator, operator_registry, operator_settings, k8s, kmock, scope):
+    from controllers import CRONJOBS, batch_controller
+    from test_batch import BATCH_SPEC, runs
+
+    role = await start(scope, run_operator, operator_registry, operator_settings)
+    async with deployment_controller(k8s), batch_controller(k8s) as batch:
+        await k8s.create_endpoint("credit", BATCH_SPEC, namespace="default")
+        await eventually(lambda: k8s.peek(CRONJOBS, "credit-nightly", namespace="default") is not None, timeout=10)
+        job = await batch.fire("credit-nightly")
+        batch.finish(job, rows=10)
+        await eventually(lambda: runs(k8s).get(job, {}).get("outcome") == "Succeeded", timeout=10)
+        await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")  # re-pins the CronJob
+        await eventually(lambda: status(k8s).get("activeSlot") == "green", timeout=10)
+        await k8s.patch_endpoint("credit", {"batch": None}, namespace="default")
+        await eventually(lambda: k8s.peek(CRONJOBS, "credit-nightly", namespace="default") is None, timeout=10)
+
+    made = operator_requests(kmock)
+    assert {("batch", "cronjobs", "patch"), ("batch", "cronjobs", "delete"), ("batch", "jobs", "watch")} <= made
+    assert made - grants(role) == set(), f"{role.name} does not allow: {sorted(made - grants(role))}"

@@ -206,6 +206,16 @@ EXAMPLES.update({
     ),
 })
 
+NIGHTLY = {"name": "nightly", "input": "pvc://data/in", "output": "pvc://data/out", "schedule": "0 2 * * *"}
+ADHOC = {"name": "adhoc", "input": "https://files.example.com/rows.csv", "output": "file:///out"}
+EXAMPLES.update({
+    ("spec.batch", "batch job names are unique"): (
+        [at("batch", {"jobs": jobs}) for jobs in ([NIGHTLY], [NIGHTLY, ADHOC], [ADHOC, {**NIGHTLY, "name": "hourly"}])],
+        [at("batch", {"jobs": jobs}) for jobs in ([NIGHTLY, NIGHTLY], [ADHOC, NIGHTLY, {**ADHOC, "schedule": "@daily"}])],
+    ),
+})
+
+
 def nodes_at(obj: dict[str, Any], path: str) -> Iterator[tuple[str, Any]]:
     """The values at a rule path ('spec.checks.metrics[*]') in ``obj``, with their concrete paths."""
     found: list[tuple[str, Any]] = [("", obj)]

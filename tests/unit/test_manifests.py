@@ -42,6 +42,7 @@ ALLOWED = {
     ("gateway.networking.k8s.io", "httproutes"): {"list", "watch", "create", "patch", "delete"},
     # The quality monitor's Job: created once per episode (409: made already), watched for its outcome.
     ("batch", "jobs"): {"list", "watch", "create"},
+    ("batch", "cronjobs"): {"create", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     # Endpoint keys: create <name>-keys when missing, get one Secret when a validation request needs
     # its key. No list or watch (no Secret cache), no patch (a key is never overwritten).
@@ -350,6 +351,8 @@ def test_examples_cover_each_strategy_and_check_source():
                and s.serving.disruption_budget for s in specs)
     assert any(s.monitor and any(c.source == "prometheus" for c in s.monitor.checks)
                and s.monitor.on_failure.job and s.monitor.on_failure.revert_to == "previous" for s in specs)
+    assert any(s.batch and any(j.schedule for j in s.batch.jobs) and any(not j.schedule for j in s.batch.jobs)
+               for s in specs)
 
 
 @pytest.mark.parametrize(("where", "endpoint"), examples(), ids=[where for where, _ in examples()])

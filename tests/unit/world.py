@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from slotkeeper.actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute, CreateJob,
-                                CreateService, DeleteAutoscaler, DeleteRoute, EmitEvent, HandOverReplicas,
+from slotkeeper.actions import (ApplyAutoscaler, ApplyCronJob, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute, CreateJob,
+                                CreateService, DeleteAutoscaler, DeleteCronJob, DeleteRoute, EmitEvent, HandOverReplicas,
                                 ScaleDeployment, SwitchTraffic)
 from slotkeeper.api import ModelEndpointSpec, ModelEndpointStatus
 from slotkeeper.decide import Decision, Endpoint, Gates, decide_next_step
@@ -52,6 +52,8 @@ class World:
     gateway_accepts: bool = True  # settle(): the Gateway controller accepts each new route generation
     jobs: dict[str, JobSummary] = field(default_factory=dict)  # the quality monitor's Jobs, by name
     job_creates: list[dict] = field(default_factory=list)  # every Job body the operator sent (409s too)
+    cron_jobs: dict[str, dict] = field(default_factory=dict)  # batch schedules' CronJobs, by name
+    cron_job_applies: list[dict] = field(default_factory=list)  # every CronJob body the operator applied
 
     def endpoint(self) -> Endpoint:
         return Endpoint(name="credit", namespace="ml", uid="uid-1", generation=self.generation,
@@ -148,6 +150,11 @@ class World:
             name = action.body["metadata"]["name"]
             self.jobs.setdefault(name, JobSummary(name=name, revision=action.body["metadata"]["labels"][
                 "slotkeeper.io/revision"], outcome="Running"))
+        elif isinstance(action, ApplyCronJob):
+            self.cron_jobs[action.body["metadata"]["name"]] = copy.deepcopy(action.body)
+            self.cron_job_applies.append(copy.deepcopy(action.body))
+        elif isinstance(action, DeleteCronJob):
+            self.cron_jobs.pop(action.name, None)
         elif isinstance(action, DeleteRoute):
             self.route = None
             self.route_deletes.append(action.name)
