@@ -1,0 +1,270 @@
+"""Two ``slotkeeper run`` processes with leader election against the API double: one acts, the other
+waits. The leader is killed (SIGKILL: no release, no cleanup) at the points of a blue/green rollout
+and of a revert that matter for a takeover, and the follower must finish exactly as an uninterrupted
+run does: same status, same history, no traffic switch made twice (counted at the API).
+
+Each process has its own bearer token, so the double's request log tells them apart. Timings are
+short (lease 3 s, renew deadline 2 s, retry 0.5 s); waits are bounded conditions, never assertions
+on how long something took."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import kmock as kmock_lib
+import pytest
+import yaml
+
+from kmock_cluster import SERVICES, eventually
+from test_console_script import SCRIPT
+from test_operator import NEW_MODEL, SLOT, SPEC, deployment, ready, selector, status, switched_selector
+
+REVISION = "slotkeeper.io/revision"
+LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 3, 2, 0.5
+TAKEOVER_WAIT = LEASE_DURATION + 15  # a bounded wait for the follower (kopf's start included), not a figure
+ELECTION = ["--leader-elect", "--lease-namespace", "default", "--lease-name", "slotkeeper-operator",
+            "--lease-duration", str(LEASE_DURATION), "--renew-deadline", str(RENEW_DEADLINE),
+            "--retry-period", str(RETRY_PERIOD)]
+LEASES = kmock_lib.resource("coordination.k8s.io", "v1", "leases")
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+@dataclass
+class Replica:
+    name: str
+    token: str
+    process: asyncio.subprocess.Process
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def requests(self, kmock) -> list:
+        return [r for r in list(kmock) if r.headers.get("Authorization") == f"Bearer {self.token}"]
+
+
+async def start_replica(tmp_path: Path, kmock, name: str) -> Replica:
+    token = f"token-of-{name}"
+    kubeconfig = tmp_path / f"{name}.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "double",
+        "clusters": [{"name": "double", "cluster": {"server": str(kmock.url).rstrip("/")}}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "double", "context": {"cluster": "double", "user": name, "namespace": "default"}}],
+    }))
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            SCRIPT, "run", "--namespace", "default", "--slot-access", "direct", *ELECTION,
+            "--kubeconfig", str(kubeconfig), stdout=log, stderr=asyncio.subprocess.STDOUT,
+            env={**__import__("os").environ, "POD_NAME": name})
+    return Replica(name, token, process, log_path)
+
+
+def method(request) -> str:
+    return (request.method.value if hasattr(request.method, "value") else str(request.method)).upper()
+
+
+def is_lease(request) -> bool:
+    return request.resource is not None and request.resource.plural == "leases"
+
+
+def holder(k8s) -> str:
+    lease = k8s.peek(LEASES, "slotkeeper-operator", namespace="default") or {}
+    return (lease.get("spec") or {}).get("holderIdentity") or ""
+
+
+def selector_switches(kmock) -> list[str]:
+    """Every traffic switch the API received, repeats included (a doubled switch shows as two)."""
+    return [switched_selector(r.data)[SLOT] for r in kmock[kmock_lib.method.PATCH, SERVICES, kmock_lib.name("credit")]
+            if switched_selector(r.data) and switched_selector(r.data).get(SLOT)]
+
+
+def first_lease_write(replica: Replica, kmock) -> int:
+    """The position in the API's log of the replica's first Lease write (taking it over)."""
+    log = list(kmock)
+    return next(i for i, r in enumerate(log) if is_lease(r) and method(r) in WRITES
+                and r.headers.get("Authorization") == f"Bearer {replica.token}")
+
+
+async def stop(replica: Replica) -> int:
+    if replica.process.returncode is None:
+        replica.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(replica.process.wait(), timeout=30)
+        except asyncio.TimeoutError:
+            replica.process.kill()
+            await replica.process.wait()
+    return replica.process.returncode
+
+
+@pytest.fixture()
+async def replicas(tmp_path, kmock, k8s):
+    """``start()``: replica a, once it leads, then replica b (a follower). All stopped at the end."""
+    started: list[Replica] = []
+
+    async def start() -> tuple[Replica, Replica]:
+        leader = await start_replica(tmp_path, kmock, "a")
+        started.append(leader)
+        await eventually(lambda: holder(k8s).startswith("a_"), timeout=TAKEOVER_WAIT, message="a leads")
+        follower = await start_replica(tmp_path, kmock, "b")
+        started.append(follower)
+        await eventually(lambda: "following the leader a_" in follower.output(), timeout=30, message="b follows")
+        return leader, follower
+
+    yield start
+    for replica in started:
+        await stop(replica)
+        assert "Traceback" not in replica.output(), replica.output()
+
+
+async def healthy_v1(k8s, spec) -> None:
+    await k8s.create_endpoint("credit", spec, namespace="default")
+    await ready(k8s, "blue")
+    await eventually(lambda: status(k8s).get("phase") == "Healthy", timeout=30, message="v1 Healthy")
+
+
+async def kill(replica: Replica) -> None:
+    replica.process.kill()  # SIGKILL: the Lease stays held until it expires
+    await replica.process.wait()
+
+
+async def promoted(k8s) -> None:
+    await eventually(lambda: status(k8s).get("activeSlot") == "green" and status(k8s).get("phase") == "Healthy"
+                     and deployment(k8s, "blue")["spec"]["replicas"] == 0,
+                     timeout=TAKEOVER_WAIT + 30, message="v2 promoted by the new leader")
+
+
+# ----------------------------------------------------------------------------------- the baseline
+
+
+async def test_one_leader_acts_and_the_follower_makes_no_write_then_a_sigterm_hands_over_at_once(
+        replicas, k8s, kmock):
+    """The uninterrupted run the kills are compared with: its numbers are the ones asserted there."""
+    a, b = await replicas()
+    spec = {**SPEC, "checks": {"progressDeadlineSeconds": 60, "analysisSeconds": 1}}
+    await healthy_v1(k8s, spec)
+    await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
+    await ready(k8s, "green")
+    await promoted(k8s)
+    assert [h["outcome"] for h in status(k8s)["history"]] == ["Promoted", "Promoted"]
+    assert selector_switches(kmock) == ["blue", "green"]
+
+    assert [(method(r), r.resource.plural if r.resource else None) for r in b.requests(kmock)
+            if method(r) in WRITES] == []  # the follower wrote nothing at all
+    assert {r.resource.plural for r in b.requests(kmock) if r.resource} == {"leases"}  # nor watched anything
+    assert any(method(r) == "PATCH" for r in a.requests(kmock))
+
+    assert await stop(a) == 0  # a graceful stop releases the Lease ...
+    assert "released the Lease" in a.output()
+    await eventually(lambda: holder(k8s).startswith("b_"), timeout=LEASE_DURATION + 10, message="b leads")
+    # ... and b took it at its first read after the release, not after a lease duration (that would
+    # have taken LEASE_DURATION / RETRY_PERIOD reads): counted in requests, not in seconds.
+    log = list(kmock)
+    released = max(i for i, r in enumerate(log) if is_lease(r) and method(r) == "PUT" and r in a.requests(kmock))
+    taken = first_lease_write(b, kmock)
+    assert [method(r) for r in log[released:taken] if r in b.requests(kmock)] == ["GET"]
+    await k8s.patch_endpoint("credit", {"serving": {"replicas": 3}}, namespace="default")
+    await eventually(lambda: deployment(k8s, "green")["spec"]["replicas"] == 3, timeout=30, message="b acts")
+    assert selector_switches(kmock) == ["blue", "green"]
+
+
+# ------------------------------------------------------------------------------- kills mid-rollout
+
+
+@pytest.mark.parametrize("kill_at", ["candidate applied", "switch sent", "analysing"])
+async def test_the_follower_finishes_a_rollout_whose_leader_was_killed(replicas, k8s, kmock, kill_at):
+    a, b = await replicas()
+    await healthy_v1(k8s, {**SPEC, "checks": {"progressDeadlineSeconds": 60, "analysisSeconds": 2}})
+    await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
+    await eventually(lambda: deployment(k8s, "green"), timeout=30, message="the candidate applied")
+    if kill_at == "candidate applied":
+        await kill(a)
+        await ready(k8s, "green")
+    elif kill_at == "switch sent":
+        # The write-ahead status says "switching"; the switch request reaches the API and is held
+        # unanswered (never stored) until the leader dies.
+        held = kmock.fail(kmock_lib.method.PATCH, SERVICES, kmock_lib.name("credit"), status=500, delay=60)
+        await ready(k8s, "green")
+        await eventually(lambda: held.hits, timeout=30, message="the switch sent")
+        await kill(a)
+        held.cancel()
+        assert selector(k8s)[SLOT] == "blue"
+    else:
+        await ready(k8s, "green")
+        await eventually(lambda: (status(k8s).get("rollout") or {}).get("switchedAt"), timeout=30)
+        await kill(a)
+    await eventually(lambda: holder(k8s).startswith("b_"), timeout=TAKEOVER_WAIT, message="b takes over")
+
+    await promoted(k8s)
+    assert selector(k8s)[SLOT] == "green"
+    assert [h["outcome"] for h in status(k8s)["history"]] == ["Promoted", "Promoted"]
+    revisions = [h["revision"] for h in status(k8s)["history"]]
+    assert len(set(revisions)) == 2  # no history entry twice
+    # As uninterrupted: blue once, green once (twice when the first was held and never stored).
+    expected = ["blue", "green", "green"] if kill_at == "switch sent" else ["blue", "green"]
+    assert selector_switches(kmock) == expected
+
+
+# -------------------------------------------------------------------------------- kills mid-revert
+
+
+@pytest.mark.parametrize("kill_at", ["failure seen", "revert switch sent"])
+async def test_the_follower_finishes_a_revert_whose_leader_was_killed(replicas, k8s, kmock, kill_at):
+    a, b = await replicas()
+    await healthy_v1(k8s, {**SPEC, "checks": {"progressDeadlineSeconds": 60, "analysisSeconds": 600}})
+    await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
+    await ready(k8s, "green")
+    await eventually(lambda: selector(k8s)[SLOT] == "green", timeout=30, message="switched to green")
+    revision = deployment(k8s, "green")["spec"]["template"]["metadata"]["labels"][REVISION]
+    held = None
+    if kill_at == "revert switch sent":
+        held = kmock.fail(kmock_lib.method.PATCH, SERVICES, kmock_lib.name("credit"), status=500, delay=60)
+    await k8s.create_pod("credit-green-1", namespace="default", waiting_reason="CrashLoopBackOff", labels={
+        "app.kubernetes.io/managed-by": "slotkeeper", "slotkeeper.io/endpoint": "credit", SLOT: "green",
+        REVISION: revision})
+    if held is not None:
+        await eventually(lambda: held.hits, timeout=30, message="the revert's switch sent")
+    else:
+        await eventually(lambda: "CrashLoopBackOff" in str(status(k8s)) or status(k8s).get("phase") != "Analysing",
+                         timeout=30, message="the failure seen")
+    await kill(a)
+    if held is not None:
+        held.cancel()
+    await eventually(lambda: holder(k8s).startswith("b_"), timeout=TAKEOVER_WAIT, message="b takes over")
+
+    await eventually(lambda: status(k8s).get("phase") == "RolledBack" and selector(k8s)[SLOT] == "blue",
+                     timeout=TAKEOVER_WAIT + 30, message="reverted by the new leader")
+    assert [h["outcome"] for h in status(k8s)["history"]] == ["Promoted", "RolledBack"]
+    # As uninterrupted: blue, green, blue (the revert's switch twice when the first was held, never stored).
+    expected = ["blue", "green", "blue", "blue"] if held is not None else ["blue", "green", "blue"]
+    assert selector_switches(kmock) == expected
+
+
+# ------------------------------------------------------------------------- a leader cut off the API
+
+
+async def test_a_leader_that_cannot_renew_stops_writing_before_the_follower_takes_over(replicas, k8s, kmock):
+    a, b = await replicas()
+    await healthy_v1(k8s, {**SPEC, "checks": {"progressDeadlineSeconds": 60, "analysisSeconds": 1}})
+    # From now on the API holds a's Lease requests unanswered; everything else of a still works, so
+    # a would keep writing if it did not stop by itself.
+    kmock.fail(lambda request: is_lease(request) and request.headers.get("Authorization") == f"Bearer {a.token}",
+               status=500, delay=60, times=None)
+    await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
+    await eventually(lambda: a.process.returncode is not None, timeout=RENEW_DEADLINE + 10, message="a leaves")
+    assert a.process.returncode == 1
+    assert "lost the leadership: no renewal within the renew deadline" in a.output()
+    await eventually(lambda: holder(k8s).startswith("b_"), timeout=TAKEOVER_WAIT, message="b takes over")
+    await ready(k8s, "green")
+    await promoted(k8s)
+
+    takeover = first_lease_write(b, kmock)
+    log = list(kmock)
+    late = [(method(r), str(r.url)) for r in log[takeover:] if method(r) in WRITES
+            and r.headers.get("Authorization") == f"Bearer {a.token}"]
+    assert late == []  # nothing of a's reached the API after b took the Lease
+    assert [h["outcome"] for h in status(k8s)["history"]] == ["Promoted", "Promoted"]
