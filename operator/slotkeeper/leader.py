@@ -27,6 +27,7 @@ ReleaseOnCancel) so that a follower takes over at its next retry instead of afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -255,14 +256,19 @@ class LeaderElector:
         self.record: LeaseRecord | None = None
         self.last_renewed: float | None = None  # when the last successful write was sent
         self.is_leader = False
+        self._holding = False
         self._followed: str | None = None
 
-    async def try_acquire_or_renew(self) -> bool:
-        """One round: read the Lease and, where the rules allow, write it. True when we hold it now."""
+    async def try_acquire_or_renew(self, renew_only: bool = False) -> bool:
+        """One round: read the Lease and, where the rules allow, write it. True when we hold it now.
+        ``renew_only``: the leader's round, which renews its own Lease and takes nothing (a Lease gone
+        or released while it leads is a lost leadership, not one to take again)."""
         record = await self.store.get()
         now = self.clock()
         self.observed, self.record = observe(self.observed, record, now), record
         move = next_move(self.identity, record, self.observed, now)
+        if renew_only and move is not Move.RENEW:
+            return False
         if move is Move.FOLLOW:
             if record is not None and record.holder != self._followed:
                 self._followed = record.holder
@@ -299,23 +305,35 @@ class LeaderElector:
         """Renew every retry period; return when leadership is lost: the renew deadline passed
         without a successful renewal (a hung request included), or the Lease names someone else."""
         assert self.last_renewed is not None, "acquire() first"
-        while True:
+        self._holding = True
+        while self._holding:
             # Never sleep or wait past the deadline: stopping late is what would let two replicas act.
             deadline = self.last_renewed + self.timing.renew_deadline
             await asyncio.sleep(max(0.0, min(self.timing.retry_period, deadline - self.clock())))
             remaining = deadline - self.clock()
             try:
-                renewed = remaining > 0 and await asyncio.wait_for(self.try_acquire_or_renew(), timeout=remaining)
+                renewed = remaining > 0 and await asyncio.wait_for(self.try_acquire_or_renew(renew_only=True),
+                                                                   timeout=remaining)
             except asyncio.TimeoutError:
                 renewed = False
             except Exception as error:  # noqa: BLE001 -- retried until the deadline
                 log.warning("cannot renew the Lease: %s", _describe(error))
                 renewed = False
-            holder = self.record.holder if self.record is not None else ""
-            if not renewed and holder and holder != self.identity:
-                return self._lost(f"the Lease names {holder} now")
+            if not self._holding:
+                return  # stop_holding(): a graceful stop, not a loss
+            if not renewed and (self.record is None or self.record.holder != self.identity):  # as last read
+                return self._lost("the Lease is gone" if self.record is None else
+                                  f"the Lease names {self.record.holder or 'no holder'} now")
             if renew_overdue(self.last_renewed, self.clock(), self.timing):
                 return self._lost(f"no renewal within the renew deadline ({self.timing.renew_deadline:g}s)")
+
+    async def stop_holding(self, holding: asyncio.Future[None]) -> None:
+        """End ``hold()`` without losing anything (before ``release()``). A flag as well as the
+        cancellation: Python 3.11's ``wait_for`` can swallow a cancellation that meets its result."""
+        self._holding = False
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding
 
     def _lost(self, why: str) -> None:
         self.is_leader = False
@@ -403,6 +421,6 @@ async def run_elected(elector: LeaderElector, operate: Callable[[], Awaitable[No
         on_lost()  # does not return in production
         operating.cancel()
         return 1
-    holding.cancel()
+    await elector.stop_holding(holding)
     await elector.release()
     return 0 if operating.exception() is None else 1

@@ -126,7 +126,7 @@ async def test_every_lease_request_of_an_election_is_allowed_by_the_leader_elect
         holding = asyncio.create_task(leader.hold())
         following = asyncio.create_task(follower.acquire())
         await eventually(lambda: sum(1 for r in list(kmock) if verb(r) == "update") >= 2, timeout=10)  # renewals
-        holding.cancel()
+        await leader.stop_holding(holding)
         await leader.release()
         await asyncio.wait_for(following, timeout=10)  # takes the released Lease over
     finally:

@@ -187,6 +187,35 @@ async def test_a_leader_that_finds_another_holder_gives_up_at_once():
 
 
 @pytest.mark.looptime
+async def test_a_leader_whose_lease_was_released_or_deleted_does_not_take_it_again():
+    for change in ("released", "deleted"):
+        store = MemoryLeases()
+        a = elector(store, "a_1")
+        await a.acquire()
+        if change == "released":
+            store._store({"holderIdentity": None, "leaseDurationSeconds": 1, "leaseTransitions": 0})
+        else:  # deleted
+            store.lease = None
+        writes = len(store.writes)
+        await a.hold()
+        assert not a.is_leader and len(store.writes) == writes, change  # lost, and wrote nothing
+
+
+@pytest.mark.looptime
+async def test_stop_holding_ends_the_renewals_without_a_loss():
+    store = MemoryLeases()
+    seen: list[bool] = []
+    a = elector(store, "a_1", seen)
+    await a.acquire()
+    holding = asyncio.create_task(a.hold())
+    await asyncio.sleep(5)
+    await a.stop_holding(holding)
+    writes = len(store.writes)
+    await asyncio.sleep(30)
+    assert len(store.writes) == writes and seen == [True] and a.is_leader  # nothing renewed, nothing lost
+
+
+@pytest.mark.looptime
 async def test_a_graceful_stop_releases_the_lease_and_a_follower_takes_it_at_its_next_try():
     store = MemoryLeases()
     a, b = elector(store, "a_1"), elector(store, "b_1")
