@@ -274,8 +274,6 @@ class LeaderElector:
                 self._followed = record.holder
                 log.info("following the leader %s (Lease %s/%s)", record.holder, self.store.namespace, self.store.name)
             return False
-        if move is Move.RENEW and not self.is_leader:
-            log.info("the Lease names this replica (%s) from before; taking it up again", self.identity)
         spec = lease_spec(self.identity, record, self.timing, self.wall_clock())
         sent = self.clock()
         try:
@@ -301,9 +299,11 @@ class LeaderElector:
         log.info("became the leader as %s (Lease %s/%s)", self.identity, self.store.namespace, self.store.name)
         self.on_leadership(True)
 
-    async def hold(self) -> None:
+    async def hold(self, on_lost: Callable[[], None] = lambda: None) -> None:
         """Renew every retry period; return when leadership is lost: the renew deadline passed
-        without a successful renewal (a hung request included), or the Lease names someone else."""
+        without a successful renewal (a hung request included), or the Lease names someone else.
+        ``on_lost`` is called at that moment, before any other task of the event loop runs again
+        (in production it ends the process)."""
         assert self.last_renewed is not None, "acquire() first"
         self._holding = True
         while self._holding:
@@ -322,10 +322,10 @@ class LeaderElector:
             if not self._holding:
                 return  # stop_holding(): a graceful stop, not a loss
             if not renewed and (self.record is None or self.record.holder != self.identity):  # as last read
-                return self._lost("the Lease is gone" if self.record is None else
+                return self._lost(on_lost, "the Lease is gone" if self.record is None else
                                   f"the Lease names {self.record.holder or 'no holder'} now")
             if renew_overdue(self.last_renewed, self.clock(), self.timing):
-                return self._lost(f"no renewal within the renew deadline ({self.timing.renew_deadline:g}s)")
+                return self._lost(on_lost, f"no renewal within the renew deadline ({self.timing.renew_deadline:g}s)")
 
     async def stop_holding(self, holding: asyncio.Future[None]) -> None:
         """End ``hold()`` without losing anything (before ``release()``). A flag as well as the
@@ -335,10 +335,11 @@ class LeaderElector:
         with contextlib.suppress(asyncio.CancelledError):
             await holding
 
-    def _lost(self, why: str) -> None:
+    def _lost(self, on_lost: Callable[[], None], why: str) -> None:
         self.is_leader = False
         log.error("lost the leadership: %s", why)
         self.on_leadership(False)
+        on_lost()
 
     async def release(self) -> None:
         """Give the Lease up (graceful stop), if we still hold it; errors are logged, not raised."""
@@ -392,7 +393,8 @@ async def run_elected(elector: LeaderElector, operate: Callable[[], Awaitable[No
                       on_lost: Callable[[], None] = exit_at_once) -> int:
     """Follow until elected, then run ``operate()`` (kopf) while renewing. ``follow()`` starts what a
     follower serves (its liveness endpoint) and returns how to stop it. The return value is the
-    exit code: 0 after a graceful stop (the Lease released). Losing the Lease calls ``on_lost``.
+    exit code: 0 after a graceful stop (the Lease released). Losing the Lease calls ``on_lost``
+    (default: leave the process at once, exit code 1).
 
     SIGTERM/SIGINT while following end the process; while leading, kopf handles them and returns."""
     loop = asyncio.get_running_loop()
@@ -415,10 +417,9 @@ async def run_elected(elector: LeaderElector, operate: Callable[[], Awaitable[No
         return 0
     acquiring.result()
     operating = asyncio.ensure_future(operate())
-    holding = asyncio.ensure_future(elector.hold())
+    holding = asyncio.ensure_future(elector.hold(on_lost))  # on_lost: at once, from inside hold()
     await asyncio.wait({operating, holding}, return_when=asyncio.FIRST_COMPLETED)
-    if holding.done():
-        on_lost()  # does not return in production
+    if holding.done():  # only where on_lost returns (tests)
         operating.cancel()
         return 1
     await elector.stop_holding(holding)

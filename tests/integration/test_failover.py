@@ -4,7 +4,7 @@ and of a revert that matter for a takeover, and the follower must finish exactly
 run does: same status, same history, no traffic switch made twice (counted at the API).
 
 Each process has its own bearer token, so the double's request log tells them apart. Timings are
-short (lease 3 s, renew deadline 2 s, retry 0.5 s); waits are bounded conditions, never assertions
+short (lease 5 s, renew deadline 4 s, retry 0.5 s); waits are bounded conditions, never assertions
 on how long something took."""
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from test_console_script import SCRIPT
 from test_operator import NEW_MODEL, SLOT, SPEC, deployment, ready, selector, status, switched_selector
 
 REVISION = "slotkeeper.io/revision"
-LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 3, 2, 0.5
+# Short, but long enough that a leader starved of CPU on a loaded machine does not lose the Lease.
+LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 5, 4, 0.5
 TAKEOVER_WAIT = LEASE_DURATION + 15  # a bounded wait for the follower (kopf's start included), not a figure
 ELECTION = ["--leader-elect", "--lease-namespace", "default", "--lease-name", "slotkeeper-operator",
             "--lease-duration", str(LEASE_DURATION), "--renew-deadline", str(RENEW_DEADLINE),
@@ -81,6 +82,10 @@ def holder(k8s) -> str:
     return (lease.get("spec") or {}).get("holderIdentity") or ""
 
 
+def leads(k8s, replica: Replica) -> bool:
+    return holder(k8s).startswith(f"{replica.name}_")
+
+
 def selector_switches(kmock) -> list[str]:
     """Every traffic switch the API received, repeats included (a doubled switch shows as two)."""
     return [switched_selector(r.data)[SLOT] for r in kmock[kmock_lib.method.PATCH, SERVICES, kmock_lib.name("credit")]
@@ -106,16 +111,16 @@ async def stop(replica: Replica) -> int:
 
 @pytest.fixture()
 async def replicas(tmp_path, kmock, k8s):
-    """``start()``: replica a, once it leads, then replica b (a follower). All stopped at the end."""
+    """``start()``: replicas a and b started together; returns (leader, follower) once one leads and
+    the other follows. All are stopped at the end."""
     started: list[Replica] = []
 
     async def start() -> tuple[Replica, Replica]:
-        leader = await start_replica(tmp_path, kmock, "a")
-        started.append(leader)
-        await eventually(lambda: holder(k8s).startswith("a_"), timeout=TAKEOVER_WAIT, message="a leads")
-        follower = await start_replica(tmp_path, kmock, "b")
-        started.append(follower)
-        await eventually(lambda: "following the leader a_" in follower.output(), timeout=30, message="b follows")
+        started.extend(await asyncio.gather(start_replica(tmp_path, kmock, "a"), start_replica(tmp_path, kmock, "b")))
+        await eventually(lambda: holder(k8s), timeout=TAKEOVER_WAIT, message="one leads")
+        leader, follower = sorted(started, key=lambda replica: not leads(k8s, replica))
+        await eventually(lambda: f"following the leader {holder(k8s)}" in follower.output(), timeout=30,
+                         message="the other follows")
         return leader, follower
 
     yield start
@@ -157,19 +162,19 @@ async def test_one_leader_acts_and_the_follower_makes_no_write_then_a_sigterm_ha
     assert selector_switches(kmock) == ["blue", "green"]
 
     assert [(method(r), r.resource.plural if r.resource else None) for r in b.requests(kmock)
-            if method(r) in WRITES] == []  # the follower wrote nothing at all
+            if method(r) in WRITES] == [], b.output()  # the follower wrote nothing at all
     assert {r.resource.plural for r in b.requests(kmock) if r.resource} == {"leases"}  # nor watched anything
     assert any(method(r) == "PATCH" for r in a.requests(kmock))
 
-    assert await stop(a) == 0  # a graceful stop releases the Lease ...
-    assert "released the Lease" in a.output()
-    await eventually(lambda: holder(k8s).startswith("b_"), timeout=LEASE_DURATION + 10, message="b leads")
+    assert await stop(a) == 0, a.output()  # a graceful stop releases the Lease ...
+    assert "released the Lease" in a.output(), a.output()
+    await eventually(lambda: leads(k8s, b), timeout=LEASE_DURATION + 10, message="b leads")
     # ... and b took it at its first read after the release, not after a lease duration (that would
     # have taken LEASE_DURATION / RETRY_PERIOD reads): counted in requests, not in seconds.
     log = list(kmock)
     released = max(i for i, r in enumerate(log) if is_lease(r) and method(r) == "PUT" and a.sent(r))
     taken = first_lease_write(b, kmock)
-    assert [method(r) for r in log[released:taken] if b.sent(r)] == ["GET"]
+    assert [method(r) for r in log[released:taken] if b.sent(r)] == ["GET"], b.output()
     await k8s.patch_endpoint("credit", {"serving": {"replicas": 3}}, namespace="default")
     await eventually(lambda: deployment(k8s, "green")["spec"]["replicas"] == 3, timeout=30, message="b acts")
     assert selector_switches(kmock) == ["blue", "green"]
@@ -178,7 +183,9 @@ async def test_one_leader_acts_and_the_follower_makes_no_write_then_a_sigterm_ha
 # ------------------------------------------------------------------------------- kills mid-rollout
 
 
-@pytest.mark.parametrize("kill_at", ["candidate applied", "switch sent", "analysing"])
+# Not "during analysis": that resumes from status like any restart (tests/integration/test_restarts.py);
+# these two are where a takeover could double or lose the switch.
+@pytest.mark.parametrize("kill_at", ["candidate applied", "switch sent"])
 async def test_the_follower_finishes_a_rollout_whose_leader_was_killed(replicas, k8s, kmock, kill_at):
     a, b = await replicas()
     await healthy_v1(k8s, {**SPEC, "checks": {"progressDeadlineSeconds": 60, "analysisSeconds": 2}})
@@ -196,11 +203,7 @@ async def test_the_follower_finishes_a_rollout_whose_leader_was_killed(replicas,
         await kill(a)
         held.cancel()
         assert selector(k8s)[SLOT] == "blue"
-    else:
-        await ready(k8s, "green")
-        await eventually(lambda: (status(k8s).get("rollout") or {}).get("switchedAt"), timeout=30)
-        await kill(a)
-    await eventually(lambda: holder(k8s).startswith("b_"), timeout=TAKEOVER_WAIT, message="b takes over")
+    await eventually(lambda: leads(k8s, b), timeout=TAKEOVER_WAIT, message="b takes over")
 
     await promoted(k8s)
     assert selector(k8s)[SLOT] == "green"
@@ -236,7 +239,7 @@ async def test_the_follower_finishes_a_revert_whose_leader_was_killed(replicas, 
     await kill(a)
     if held is not None:
         held.cancel()
-    await eventually(lambda: holder(k8s).startswith("b_"), timeout=TAKEOVER_WAIT, message="b takes over")
+    await eventually(lambda: leads(k8s, b), timeout=TAKEOVER_WAIT, message="b takes over")
 
     await eventually(lambda: status(k8s).get("phase") == "RolledBack" and selector(k8s)[SLOT] == "blue",
                      timeout=TAKEOVER_WAIT + 30, message="reverted by the new leader")
@@ -271,7 +274,7 @@ async def test_a_leader_that_cannot_renew_stops_writing_before_the_follower_take
         meddling.cancel()
     assert a.process.returncode == 1
     assert "lost the leadership: no renewal within the renew deadline" in a.output()
-    await eventually(lambda: holder(k8s).startswith("b_"), timeout=TAKEOVER_WAIT, message="b takes over")
+    await eventually(lambda: leads(k8s, b), timeout=TAKEOVER_WAIT, message="b takes over")
     await eventually(lambda: deployment(k8s, "blue")["spec"]["replicas"] == 2, timeout=30, message="b scales back")
     await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
     await ready(k8s, "green")

@@ -168,8 +168,10 @@ async def test_a_leader_whose_requests_hang_gives_up_at_the_renew_deadline_befor
     loop = asyncio.get_running_loop()
     last = a.last_renewed
     store.hang = True
-    await a.hold()  # returns: leadership lost
+    lost_at: list[float] = []
+    await a.hold(on_lost=lambda: lost_at.append(loop.time()))  # returns: leadership lost
     assert seen == [True, False]
+    assert lost_at == [loop.time()]  # on_lost ran inside hold(), at the deadline
     assert loop.time() - last == pytest.approx(TIMING.renew_deadline, abs=0.01)  # the watchdog, not a timeout
     assert loop.time() - last < TIMING.lease_duration
 
