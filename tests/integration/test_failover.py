@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import kmock as kmock_lib
 import pytest
 import yaml
@@ -40,6 +42,7 @@ class Replica:
     token: str
     process: asyncio.subprocess.Process
     log_path: Path
+    liveness: str
 
     def output(self) -> str:
         return self.log_path.read_text()
@@ -61,12 +64,24 @@ async def start_replica(tmp_path: Path, kmock, name: str) -> Replica:
         "contexts": [{"name": "double", "context": {"cluster": "double", "user": name, "namespace": "default"}}],
     }))
     log_path = tmp_path / f"{name}.log"
+    with socket.socket() as probe:  # a free port for its liveness endpoint
+        probe.bind(("127.0.0.1", 0))
+        liveness = f"http://127.0.0.1:{probe.getsockname()[1]}/healthz"
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            SCRIPT, "run", "--namespace", "default", "--slot-access", "direct", *ELECTION,
+            SCRIPT, "run", "--namespace", "default", "--slot-access", "direct", "--liveness", liveness, *ELECTION,
             "--kubeconfig", str(kubeconfig), stdout=log, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "POD_NAME": name})
-    return Replica(name, token, process, log_path)
+    return Replica(name, token, process, log_path, liveness)
+
+
+async def alive(replica: Replica) -> dict | None:
+    """The replica's liveness answer (a follower's own, kopf's on the leader); None: no answer."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(replica.liveness) as response:
+            return await response.json(content_type=None) if response.status == 200 else None
+    except aiohttp.ClientError:
+        return None
 
 
 def method(request) -> str:
@@ -153,6 +168,7 @@ async def test_one_leader_acts_and_the_follower_makes_no_write_then_a_sigterm_ha
         replicas, k8s, kmock):
     """The uninterrupted run the kills are compared with: its numbers are the ones asserted there."""
     a, b = await replicas()
+    assert await alive(b) == {"leader": False}  # the kubelet's probe finds the follower alive
     spec = {**SPEC, "checks": {"progressDeadlineSeconds": 60, "analysisSeconds": 1}}
     await healthy_v1(k8s, spec)
     await k8s.patch_endpoint("credit", {"model": NEW_MODEL}, namespace="default")
@@ -177,6 +193,7 @@ async def test_one_leader_acts_and_the_follower_makes_no_write_then_a_sigterm_ha
     assert [method(r) for r in log[released:taken] if b.sent(r)] == ["GET"], b.output()
     await k8s.patch_endpoint("credit", {"serving": {"replicas": 3}}, namespace="default")
     await eventually(lambda: deployment(k8s, "green")["spec"]["replicas"] == 3, timeout=30, message="b acts")
+    assert await alive(b) not in (None, {"leader": False})  # kopf's probe now, on the same port
     assert selector_switches(kmock) == ["blue", "green"]
 
 
