@@ -171,14 +171,14 @@ def make_identity(pod_name: str | None = None) -> str:
     return f"{pod_name or os.environ.get('POD_NAME') or socket.gethostname()}_{secrets.token_hex(4)}"
 
 
-def default_lease_namespace(environ: Mapping[str, str] = os.environ,
-                            account_file: Path = SERVICE_ACCOUNT_NAMESPACE) -> str | None:
+def default_lease_namespace(environ: Mapping[str, str] | None = None, account_file: Path | None = None) -> str | None:
     """The operator pod's namespace: POD_NAMESPACE, else the service account's namespace file;
     None outside a cluster (where leader election is off unless asked for)."""
+    environ = os.environ if environ is None else environ
     if environ.get("POD_NAMESPACE"):
         return environ["POD_NAMESPACE"]
     try:
-        return account_file.read_text().strip() or None
+        return (account_file or SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or None
     except OSError:
         return None
 

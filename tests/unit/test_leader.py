@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -251,3 +252,42 @@ async def test_run_elected_stops_the_operator_when_the_lease_is_lost():
     store.hang = True
     assert await running == 1
     assert lost == [True]
+
+
+# ------------------------------------------------------------------------------------------ the flags
+
+
+def run_args(*argv: str):
+    from slotkeeper.cli import _check_election, build_parser
+    parser = build_parser()
+    args = parser.parse_args(["run", *argv])
+    _check_election(parser, args)
+    return args
+
+
+def test_election_is_on_in_a_pod_off_outside_one_and_standalone_turns_it_off(monkeypatch):
+    monkeypatch.setattr("slotkeeper.leader.SERVICE_ACCOUNT_NAMESPACE", Path("/nonexistent/namespace"))
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    assert run_args().leader_elect is False
+    monkeypatch.setenv("POD_NAMESPACE", "slotkeeper-system")
+    args = run_args()
+    assert (args.leader_elect, args.lease_namespace, args.lease_name) == (True, "slotkeeper-system",
+                                                                          "slotkeeper-operator")
+    assert (args.lease_duration, args.renew_deadline, args.retry_period) == (15.0, 10.0, 2.0)
+    assert run_args("--standalone").leader_elect is False
+    assert run_args("--no-leader-elect").leader_elect is False
+    assert run_args("--lease-namespace", "ops").lease_namespace == "ops"
+
+
+def test_election_flags_that_cannot_be_safe_are_refused_with_the_reason(monkeypatch, capsys):
+    monkeypatch.setattr("slotkeeper.leader.SERVICE_ACCOUNT_NAMESPACE", Path("/nonexistent/namespace"))
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    with pytest.raises(SystemExit):
+        run_args("--leader-elect")
+    assert "--leader-elect needs --lease-namespace" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_args("--leader-elect", "--lease-namespace", "ops", "--renew-deadline", "20")
+    assert "--renew-deadline (20s) must be shorter than --lease-duration (15s)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_args("--leader-elect", "--lease-namespace", "ops", "--retry-period", "10")
+    assert "--retry-period (10s) must be shorter than --renew-deadline (10s)" in capsys.readouterr().err
