@@ -24,6 +24,7 @@ import yaml
 from kmock_cluster import DEPLOYMENTS, SERVICES, eventually
 from test_console_script import SCRIPT
 from test_operator import NEW_MODEL, SLOT, SPEC, deployment, ready, selector, status, switched_selector
+from test_rbac_requests import MANIFESTS, grants, operator_requests
 
 REVISION = "slotkeeper.io/revision"
 # Short, but long enough that a leader starved of CPU on a loaded machine does not lose the Lease.
@@ -194,6 +195,11 @@ async def test_one_leader_acts_and_the_follower_makes_no_write_then_a_sigterm_ha
     await k8s.patch_endpoint("credit", {"serving": {"replicas": 3}}, namespace="default")
     await eventually(lambda: deployment(k8s, "green")["spec"]["replicas"] == 3, timeout=30, message="b acts")
     assert await alive(b) not in (None, {"leader": False})  # kopf's probe now, on the same port
+    # Everything both processes asked for, the Lease included, is granted by the namespaced install.
+    allowed = grants(MANIFESTS / "overlays" / "namespaced" / "role.yaml") | grants(
+        MANIFESTS / "operator" / "leader_election_role.yaml")
+    made = operator_requests(kmock, sent_by=lambda r: a.sent(r) or b.sent(r))
+    assert ("coordination.k8s.io", "leases", "update") in made and made - allowed == set(), sorted(made - allowed)
     assert selector_switches(kmock) == ["blue", "green"]
 
 

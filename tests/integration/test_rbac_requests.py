@@ -38,11 +38,13 @@ def grants(path: Path) -> set[tuple[str, str, str]]:
             for resource in rule["resources"] for v in rule["verbs"]}
 
 
-def operator_requests(kmock) -> set[tuple[str, str, str]]:
+def operator_requests(kmock, sent_by=None) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of the operator's requests: by its clients' User-Agents, or ``sent_by``."""
     made = set()
     for request in list(kmock):
         agent = request.headers.get("User-Agent", "")
-        if request.resource is None or request.resource.plural is None or not agent.startswith(OPERATOR_AGENTS):
+        ours = sent_by(request) if sent_by is not None else agent.startswith(OPERATOR_AGENTS)
+        if request.resource is None or request.resource.plural is None or not ours:
             continue  # discovery (/api, /apis/<group>/<version>) is open to every authenticated client
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
         made.add((request.resource.group or "", resource, verb(request)))
