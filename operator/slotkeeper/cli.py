@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 
 def _run_operator(args: argparse.Namespace) -> int:
@@ -32,14 +32,14 @@ def _run_operator(args: argparse.Namespace) -> int:
     return asyncio.run(_run_elected(args, operate))
 
 
-async def _run_elected(args: argparse.Namespace, operate) -> int:
+async def _run_elected(args: argparse.Namespace, operate: Callable[[], Awaitable[None]]) -> int:
     from .client_config import build_api_client
     from .leader import ElectionTiming, LeaderElector, LeaseStore, make_identity, run_elected, serve_liveness
 
     timing = ElectionTiming(args.lease_duration, args.renew_deadline, args.retry_period)
     store = LeaseStore(build_api_client(args.kubeconfig, args.context), args.lease_namespace, args.lease_name,
                        timeout=timing.renew_deadline)
-    elector = LeaderElector(store, make_identity(), timing)
+    elector = LeaderElector(store, make_identity(), timing)  # on_leadership=: a leader-status gauge
     follow = (lambda: serve_liveness(args.liveness)) if args.liveness else None
     try:
         return await run_elected(elector, operate, follow=follow)

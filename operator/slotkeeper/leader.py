@@ -424,4 +424,7 @@ async def run_elected(elector: LeaderElector, operate: Callable[[], Awaitable[No
         return 1
     await elector.stop_holding(holding)
     await elector.release()
-    return 0 if operating.exception() is None else 1
+    failure = operating.exception()
+    if failure is not None:
+        log.error("the operator failed; the Lease is released", exc_info=failure)
+    return 0 if failure is None else 1

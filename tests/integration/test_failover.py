@@ -108,10 +108,10 @@ def selector_switches(kmock) -> list[str]:
             if switched_selector(r.data) and switched_selector(r.data).get(SLOT)]
 
 
-def first_lease_write(replica: Replica, kmock) -> int:
-    """The position in the API's log of the replica's first Lease write (taking it over)."""
+def first_lease_write(replica: Replica, kmock, after: int = 0) -> int:
+    """The position in the API's log of the replica's first Lease write after ``after`` (taking it over)."""
     log = list(kmock)
-    return next(i for i, r in enumerate(log) if is_lease(r) and method(r) in WRITES and replica.sent(r))
+    return next(i for i, r in enumerate(log) if i > after and is_lease(r) and method(r) in WRITES and replica.sent(r))
 
 
 async def stop(replica: Replica) -> int:
@@ -127,16 +127,18 @@ async def stop(replica: Replica) -> int:
 
 @pytest.fixture()
 async def replicas(tmp_path, kmock, k8s):
-    """``start()``: replicas a and b started together; returns (leader, follower) once one leads and
-    the other follows. All are stopped at the end."""
+    """``start()``: replica a, then b; returns (a, b) once a leads and b follows. All are stopped at the end."""
     started: list[Replica] = []
 
     async def start() -> tuple[Replica, Replica]:
-        started.extend(await asyncio.gather(start_replica(tmp_path, kmock, "a"), start_replica(tmp_path, kmock, "b")))
-        await eventually(lambda: holder(k8s), timeout=TAKEOVER_WAIT, message="one leads")
-        leader, follower = sorted(started, key=lambda replica: not leads(k8s, replica))
+        # One after the other, so that b never races a for the create: everything b sends is a follower's.
+        leader = await start_replica(tmp_path, kmock, "a")
+        started.append(leader)
+        await eventually(lambda: leads(k8s, leader), timeout=TAKEOVER_WAIT, message="a leads")
+        follower = await start_replica(tmp_path, kmock, "b")
+        started.append(follower)
         await eventually(lambda: f"following the leader {holder(k8s)}" in follower.output(), timeout=30,
-                         message="the other follows")
+                         message="b follows")
         return leader, follower
 
     yield start
@@ -190,7 +192,7 @@ async def test_one_leader_acts_and_the_follower_makes_no_write_then_a_sigterm_ha
     # have taken LEASE_DURATION / RETRY_PERIOD reads): counted in requests, not in seconds.
     log = list(kmock)
     released = max(i for i, r in enumerate(log) if is_lease(r) and method(r) == "PUT" and a.sent(r))
-    taken = first_lease_write(b, kmock)
+    taken = first_lease_write(b, kmock, after=released)
     assert [method(r) for r in log[released:taken] if b.sent(r)] == ["GET"], b.output()
     await k8s.patch_endpoint("credit", {"serving": {"replicas": 3}}, namespace="default")
     await eventually(lambda: deployment(k8s, "green")["spec"]["replicas"] == 3, timeout=30, message="b acts")
@@ -304,7 +306,7 @@ async def test_a_leader_that_cannot_renew_stops_writing_before_the_follower_take
     await promoted(k8s)
 
     log = list(kmock)
-    takeover = first_lease_write(b, kmock)
+    takeover = first_lease_write(b, kmock, after=cut)
     a_writes = [i for i, r in enumerate(log) if method(r) in WRITES and a.sent(r)]
     assert any(i > cut for i in a_writes)  # a did act while it could not renew ...
     assert max(a_writes) < takeover  # ... and nothing of a's reached the API after b took the Lease

@@ -107,8 +107,10 @@ class MemoryLeases:
         self.namespace, self.name = "ops", "slotkeeper-operator"
         self.hang = False  # every request blocks (an API that stopped answering)
         self.writes: list[str] = []
+        self.conflicts = 0
 
     async def _maybe_hang(self) -> None:
+        await asyncio.sleep(0)  # a request takes a turn of the loop: concurrent candidates interleave
         if self.hang:
             await asyncio.Event().wait()
 
@@ -124,12 +126,14 @@ class MemoryLeases:
     async def create(self, spec) -> LeaseRecord:
         await self._maybe_hang()
         if self.lease is not None:
+            self.conflicts += 1
             raise LeaseConflict("AlreadyExists")
         return self._store(spec)
 
     async def update(self, record: LeaseRecord, spec) -> LeaseRecord:
         await self._maybe_hang()
         if self.lease is None or self.lease["metadata"]["resourceVersion"] != record.resource_version:
+            self.conflicts += 1
             raise LeaseConflict("Conflict")
         return self._store(spec)
 
@@ -158,6 +162,19 @@ async def test_two_candidates_one_leader_and_the_other_takes_over_only_after_a_l
     assert store.writes[-1] == "b_1"
     assert loop.time() - died >= TIMING.lease_duration - TIMING.retry_period  # not before its lease ran out
     assert store.lease["spec"]["leaseTransitions"] == 1
+
+
+@pytest.mark.looptime
+async def test_two_candidates_starting_together_elect_one_the_create_decides():
+    store = MemoryLeases()
+    a, b = elector(store, "a_1"), elector(store, "b_1")
+    racing = [asyncio.create_task(a.acquire()), asyncio.create_task(b.acquire())]
+    done, pending = await asyncio.wait(racing, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1 and len(pending) == 1  # one leads, the other still follows after 30 s
+    assert store.writes == [store.lease["spec"]["holderIdentity"]]  # one create stored ...
+    assert store.conflicts == 1  # ... the other refused (both had read "no Lease")
+    for task in pending:
+        task.cancel()
 
 
 @pytest.mark.looptime
@@ -234,6 +251,18 @@ async def test_a_graceful_stop_releases_the_lease_and_a_follower_takes_it_at_its
     released = loop.time()
     await following
     assert loop.time() - released <= TIMING.retry_period + 0.01
+
+
+@pytest.mark.looptime
+async def test_an_operator_that_fails_releases_the_lease_and_exits_non_zero():
+    store = MemoryLeases()
+
+    async def operate() -> None:
+        await asyncio.sleep(3)
+        raise RuntimeError("kopf gave up")
+
+    assert await run_elected(elector(store, "a_1"), operate, on_lost=lambda: None) == 1
+    assert store.writes == ["a_1", "a_1", ""]  # created, renewed once (retry 2 s), released
 
 
 @pytest.mark.looptime
