@@ -7,9 +7,9 @@ record and times read from *this process's* monotonic clock; the I/O is :class:`
 Why it is safe (no two replicas act at once), with no clock synchronisation, only a bounded rate
 drift between the replicas' clocks:
 
-* A follower counts ``leaseDurationSeconds`` from when IT first observed the current record (the
-  record changing: holder, renewTime, duration or transitions), never from the renewTime another
-  clock wrote. It observes a renewal no earlier than the renewal was sent.
+* A follower counts ``leaseDurationSeconds`` from when IT first observed the current record (a
+  record changes with every write: a new resourceVersion), never from the renewTime another clock
+  wrote. It observes a renewal no earlier than the renewal was sent.
 * The leader counts its renew deadline from when it *sent* its last successful renewal, and stops
   acting when that deadline passes without a newer success (a watchdog: a hung request does not
   delay it). Stopping is leaving the process (``os._exit``): nothing of the operator runs after it.
