@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 
 def _run_operator(args: argparse.Namespace) -> int:
@@ -22,15 +22,62 @@ def _run_operator(args: argparse.Namespace) -> int:
         return 2
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
-    asyncio.run(kopf.operator(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=list(args.namespace),  # kopf iterates it even cluster-wide: never None
-        liveness_endpoint=args.liveness,
-        memo=kopf.Memo(namespaced=bool(args.namespace), kubeconfig=args.kubeconfig, context=args.context,
-                       slot_access_mode=args.slot_access, metrics_bind_address=args.metrics_bind_address),
-    ))
-    return 0
+
+    async def operate(**memo: Any) -> None:
+        await kopf.operator(
+            standalone=True,  # kopf's peering never runs: the Lease (or a single replica) decides who acts
+            clusterwide=not args.namespace,
+            namespaces=list(args.namespace),  # kopf iterates it even cluster-wide: never None
+            liveness_endpoint=args.liveness,
+            memo=kopf.Memo(namespaced=bool(args.namespace), kubeconfig=args.kubeconfig, context=args.context,
+                           slot_access_mode=args.slot_access, metrics_bind_address=args.metrics_bind_address,
+                           **memo),
+        )
+
+    if not args.leader_elect:
+        asyncio.run(operate())
+        return 0
+    return asyncio.run(_run_elected(args, operate))
+
+
+async def _run_elected(args: argparse.Namespace, operate: Callable[..., Awaitable[None]]) -> int:
+    from .client_config import build_api_client
+    from .leader import ElectionTiming, LeaderElector, LeaseStore, make_identity, run_elected, serve_liveness
+    from .metrics import OperatorMetrics, parse_bind_address, serve_metrics
+
+    # A follower serves its metrics too (slotkeeper_leader 0): "no leader" is an alert only if every
+    # replica can be scraped. The leader's kopf run takes over this registry and this server.
+    metrics = OperatorMetrics()
+    metrics.set_leader(False)
+    address = parse_bind_address(args.metrics_bind_address)
+    server = await serve_metrics(metrics, *address) if address is not None else None
+    timing = ElectionTiming(args.lease_duration, args.renew_deadline, args.retry_period)
+    store = LeaseStore(build_api_client(args.kubeconfig, args.context), args.lease_namespace, args.lease_name,
+                       timeout=timing.renew_deadline)
+    elector = LeaderElector(store, make_identity(), timing, on_leadership=metrics.set_leader)
+    follow = (lambda: serve_liveness(args.liveness)) if args.liveness else None
+    try:
+        return await run_elected(elector, lambda: operate(metrics=metrics, metrics_server=server), follow=follow)
+    finally:
+        store.close()
+        if server is not None:
+            await server.cleanup()
+
+
+def _check_election(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Leader election is on by default in a pod (its namespace is known), off elsewhere."""
+    from .leader import ElectionTiming, default_lease_namespace
+
+    args.lease_namespace = args.lease_namespace or default_lease_namespace()
+    if args.leader_elect is None:
+        args.leader_elect = args.lease_namespace is not None
+    if not args.leader_elect:
+        return
+    if not args.lease_namespace:
+        parser.error("--leader-elect needs --lease-namespace outside a pod (or POD_NAMESPACE)")
+    problems = ElectionTiming(args.lease_duration, args.renew_deadline, args.retry_period).problems()
+    if problems:
+        parser.error("; ".join(problems))
 
 
 def _write_crd(args: argparse.Namespace) -> int:
@@ -195,6 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve Prometheus metrics at http://<address>/metrics, e.g. :8081; 0 (the default) "
                           "turns them off (the manifests turn them on)")
     run.add_argument("-v", "--verbose", action="store_true")
+    election = run.add_argument_group("leader election", "several replicas, one acting: the holder of a "
+                                      "coordination.k8s.io Lease (see README, Leader election)")
+    election.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=None,
+                          help="elect a leader on a Lease (default: on in a pod, off elsewhere)")
+    election.add_argument("--standalone", dest="leader_elect", action="store_false",
+                          help="the same as --no-leader-elect: act at once, alone (local runs)")
+    election.add_argument("--lease-name", default="slotkeeper-operator", help="default: %(default)s")
+    election.add_argument("--lease-namespace", default=None,
+                          help="default: the pod's namespace ($POD_NAMESPACE or the service account's)")
+    election.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS",
+                          help="how long followers wait after the last renewal they saw (default: %(default)g)")
+    election.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS",
+                          help="the leader stops if it has not renewed for this long (default: %(default)g)")
+    election.add_argument("--retry-period", type=float, default=2.0, metavar="SECONDS",
+                          help="between renewals and between a follower's tries (default: %(default)g)")
     run.set_defaults(func=_run_operator)
 
     crd = commands.add_parser("crd", help="render the CustomResourceDefinition from the API models")
@@ -233,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        _check_election(parser, args)
     return args.func(args)
 
 

@@ -669,11 +669,18 @@ DEPLOYMENT = _object('Deployment', ('spec', _struct(
         'struct'))
 SCALE = _object('Scale', ('spec', _struct('ScaleSpec', ('replicas', INT32)), 'struct'),
                 ('status', _struct('ScaleStatus', ('replicas', INT32, 'zero'), ('selector', STR)), 'struct'))
+# --- coordination.k8s.io/v1: leases (leader election). Every LeaseSpec field is an omitempty
+# pointer: a null holderIdentity (a released Lease) is dropped, not kept. The MicroTimes are kept as
+# sent (the apiserver re-renders them with six fractional digits, which is how slotkeeper sends them).
+LEASE = _object('Lease', ('spec', _struct(
+    'LeaseSpec', ('holderIdentity', STR, 'ptr'), ('leaseDurationSeconds', INT32, 'ptr'), ('acquireTime', STR, 'ptr'),
+    ('renewTime', STR, 'ptr'), ('leaseTransitions', INT32, 'ptr'), ('strategy', STR, 'ptr'),
+    ('preferredHolder', STR, 'ptr')), 'struct'))
 GENERIC = _object('Object', ('spec', ANY, 'ptr'), ('status', ANY, 'ptr'))  # builtins not described here
 
 BUILTIN_TYPES: dict[tuple[str, str], TypeNode] = {
     ('', 'pods'): POD, ('', 'services'): SERVICE, ('', 'namespaces'): NAMESPACE, ('', 'events'): EVENT,
-    ('apps', 'deployments'): DEPLOYMENT,
+    ('apps', 'deployments'): DEPLOYMENT, ('coordination.k8s.io', 'leases'): LEASE,
 }
 CLUSTER_SCOPED = {('', 'namespaces'), ('', 'nodes'), ('', 'persistentvolumes'),
                   ('apiextensions.k8s.io', 'customresourcedefinitions'), ('rbac.authorization.k8s.io', 'clusterroles'),

@@ -1,10 +1,11 @@
 """Every request the operator makes is one the install's RBAC allows: the ClusterRole (and the
 namespaced overlay's Role) are checked against what the operator really sent during a rollout, a
-canary, a revert, an autoscaled rollout and a deletion, not against a hand-kept list. A real cluster answers 403 to the
+canary, a revert, an autoscaled rollout, a deletion and a leader election, not against a hand-kept list. A real cluster answers 403 to the
 rest (the operator runs as its own ServiceAccount there)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import kopf
@@ -12,7 +13,8 @@ import pytest
 import yaml
 
 from controllers import autoscaler_controller, deployment_controller
-from kmock_cluster import HPAS, MODELENDPOINTS, eventually
+from kmock_cluster import HPAS, MODELENDPOINTS, eventually, make_api_client
+from slotkeeper.leader import ElectionTiming, LeaderElector, LeaseStore
 from test_canary import CANARY, promote
 from test_operator import FAST_CHECKS, NEW_MODEL, status
 
@@ -36,11 +38,13 @@ def grants(path: Path) -> set[tuple[str, str, str]]:
             for resource in rule["resources"] for v in rule["verbs"]}
 
 
-def operator_requests(kmock) -> set[tuple[str, str, str]]:
+def operator_requests(kmock, sent_by=None) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of the operator's requests: by its clients' User-Agents, or ``sent_by``."""
     made = set()
     for request in list(kmock):
         agent = request.headers.get("User-Agent", "")
-        if request.resource is None or request.resource.plural is None or not agent.startswith(OPERATOR_AGENTS):
+        ours = sent_by(request) if sent_by is not None else agent.startswith(OPERATOR_AGENTS)
+        if request.resource is None or request.resource.plural is None or not ours:
             continue  # discovery (/api, /apis/<group>/<version>) is open to every authenticated client
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
         made.add((request.resource.group or "", resource, verb(request)))
@@ -131,4 +135,30 @@ async def test_every_request_of_a_batch_schedule_and_its_runs_is_allowed_by_the_
 
     made = operator_requests(kmock)
     assert {("batch", "cronjobs", "patch"), ("batch", "cronjobs", "delete"), ("batch", "jobs", "watch")} <= made
+
+
+async def test_every_lease_request_of_an_election_is_allowed_by_the_leader_election_role(kmock):
+    """The elector's requests, as a leader (create, renew, release) and a follower (reads, take over),
+    are all in the operator's namespace and all granted by the leader-election Role."""
+    role = MANIFESTS / "operator" / "leader_election_role.yaml"
+    timing = ElectionTiming(lease_duration=1, renew_deadline=0.6, retry_period=0.1)
+    stores = [LeaseStore(make_api_client(str(kmock.url).rstrip("/")), "default", "slotkeeper-operator", timeout=1)
+              for _ in range(2)]
+    leader, follower = (LeaderElector(store, identity, timing) for store, identity in zip(stores, ("a_1", "b_1")))
+    try:
+        await leader.acquire()  # creates the Lease
+        holding = asyncio.create_task(leader.hold())
+        following = asyncio.create_task(follower.acquire())
+        await eventually(lambda: sum(1 for r in list(kmock) if verb(r) == "update") >= 2, timeout=10)  # renewals
+        await leader.stop_holding(holding)
+        await leader.release()
+        await asyncio.wait_for(following, timeout=10)  # takes the released Lease over
+    finally:
+        for store in stores:
+            store.close()
+
+    leases = [r for r in list(kmock) if r.resource is not None and r.resource.plural == "leases"]
+    assert {r.namespace for r in leases} == {"default"}
+    made = {(r.resource.group or "", r.resource.plural, verb(r)) for r in leases}
+    assert made == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
     assert made - grants(role) == set(), f"{role.name} does not allow: {sorted(made - grants(role))}"

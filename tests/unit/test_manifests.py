@@ -52,6 +52,10 @@ ALLOWED = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
 }
 CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions")}
+# Leader election, in the operator's namespace only (a Role of its own, in both installs): read the
+# Lease, create it once, update it (renew, take over, release). Nothing else.
+LEADER_ELECTION = "slotkeeper-operator-leader-election"
+LEADER_ELECTION_ALLOWED = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -199,10 +203,23 @@ def test_namespaced_role_grants_the_same_minus_cluster_scoped_resources():
     assert granted.keys() == ALLOWED.keys() - CLUSTER_SCOPED
 
 
+def test_leader_election_is_a_role_in_the_operator_namespace_with_only_the_verbs_it_uses():
+    role = manifest("operator/leader_election_role.yaml", "Role", LEADER_ELECTION)
+    granted = {key: verbs for key, verbs, rule in rule_grants(role["rules"])}
+    assert granted == LEADER_ELECTION_ALLOWED
+    binding = manifest("operator/leader_election_role.yaml", "RoleBinding", LEADER_ELECTION)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": LEADER_ELECTION}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR}]
+    # Leases are nowhere in the cluster-wide rules (the operator may not touch other namespaces' Leases).
+    cluster_role = manifest("rbac/cluster_role.yaml", "ClusterRole", OPERATOR)
+    assert not [key for key, _, _ in rule_grants(cluster_role["rules"]) if key[1] == "leases"]
+
+
 def test_no_wildcards_anywhere_in_rbac():
-    for path in [MANIFESTS / "rbac" / "cluster_role.yaml", MANIFESTS / "overlays" / "namespaced" / "role.yaml"]:
+    for path in [MANIFESTS / "rbac" / "cluster_role.yaml", MANIFESTS / "overlays" / "namespaced" / "role.yaml",
+                 MANIFESTS / "operator" / "leader_election_role.yaml"]:
         for doc in load_docs(path):
-            for rule in doc["rules"]:
+            for rule in doc.get("rules", []):  # bindings have none
                 for field in ("apiGroups", "resources", "verbs"):
                     assert "*" not in rule.get(field, []), f"{path.name}: wildcard in {field}"
 
@@ -236,9 +253,24 @@ def deployment() -> dict[str, Any]:
     return manifest("operator/deployment.yaml", "Deployment", OPERATOR)
 
 
-def test_one_replica_replaced_not_rolled(deployment):
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+def test_two_replicas_elect_a_leader_and_roll_one_at_a_time(deployment):
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert "--leader-elect" in operator_container(deployment)["args"]
+    env = {e["name"]: e for e in operator_container(deployment)["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # the identity
+
+
+def test_replicas_prefer_different_nodes_and_a_drain_keeps_one(deployment):
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (term,) = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+    budget = manifest("operator/disruption_budget.yaml", "PodDisruptionBudget", OPERATOR)
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_pod_meets_the_restricted_pod_security_standard(deployment):
@@ -289,7 +321,7 @@ def test_namespaced_overlay_watches_only_its_own_namespace():
     (patch,) = [p for p in overlay["patches"] if p.get("target", {}).get("kind") == "Deployment"]
     (operation,) = yaml.safe_load(patch["patch"])
     assert operation["path"] == "/spec/template/spec/containers/0/args"
-    assert operation["value"] == ["--namespace=$(POD_NAMESPACE)", LIVENESS_ARG, METRICS_ARG]
+    assert operation["value"] == ["--namespace=$(POD_NAMESPACE)", LIVENESS_ARG, METRICS_ARG, "--leader-elect"]
 
 
 # ---------------------------------------------------------------------------------------- images
@@ -416,8 +448,13 @@ def test_kustomize_builds_the_cluster_wide_install(kustomize):
     assert set(objects) == {
         ("Namespace", NAMESPACE), ("CustomResourceDefinition", "modelendpoints.slotkeeper.io"),
         ("ServiceAccount", OPERATOR), ("ClusterRole", OPERATOR), ("ClusterRoleBinding", OPERATOR),
-        ("Deployment", OPERATOR), ("Service", f"{OPERATOR}-metrics"),
+        ("Deployment", OPERATOR), ("Service", f"{OPERATOR}-metrics"), ("PodDisruptionBudget", OPERATOR), ("Role", LEADER_ELECTION),
+        ("RoleBinding", LEADER_ELECTION),
     }
+    # The leader-election Role and its binding live in the operator's namespace, for its account.
+    assert objects[("Role", LEADER_ELECTION)]["metadata"]["namespace"] == NAMESPACE
+    assert objects[("RoleBinding", LEADER_ELECTION)]["subjects"] == [
+        {"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
     deployment = objects[("Deployment", OPERATOR)]
     assert deployment["metadata"]["namespace"] == NAMESPACE
     assert operator_container(deployment)["image"] == makefile_variables()["OPERATOR_IMAGE"]
@@ -426,10 +463,13 @@ def test_kustomize_builds_the_cluster_wide_install(kustomize):
 def test_kustomize_builds_the_namespaced_install(kustomize):
     objects = kustomize("overlays/namespaced")
     namespace = yaml.safe_load((MANIFESTS / "overlays" / "namespaced" / "kustomization.yaml").read_text())["namespace"]
-    assert sorted(o["kind"] for o in objects) == ["Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
+        ("Deployment", OPERATOR), ("PodDisruptionBudget", OPERATOR), ("Role", OPERATOR), ("Role", LEADER_ELECTION),
+        ("RoleBinding", OPERATOR), ("RoleBinding", LEADER_ELECTION), ("Service", f"{OPERATOR}-metrics"),
+        ("ServiceAccount", OPERATOR)]
     assert {o["metadata"]["namespace"] for o in objects} == {namespace}
-    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": namespace}]
+    for binding in [o for o in objects if o["kind"] == "RoleBinding"]:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": namespace}]
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     container = operator_container(deployment)
     assert container["args"][0] == "--namespace=$(POD_NAMESPACE)"
