@@ -192,8 +192,9 @@ async def test_a_sharded_run_is_an_indexed_job_whose_pods_rows_add_up(operator, 
     spec = {**SPEC, "batch": {"jobs": [{**NIGHTLY, "parallelism": 3}]}}
     async with deployment_controller(k8s), batch_controller(k8s) as batch:
         await k8s.create_endpoint("credit", spec, namespace="default")
-        await eventually(lambda: cron_revision(k8s) is not None, timeout=20, message="CronJob created")
+        await eventually(lambda: status(k8s).get("phase") == "Healthy", timeout=20, message="revision 1 healthy")
         revision = status(k8s)["stableRevision"]
+        await eventually(lambda: cron_revision(k8s) == revision, timeout=10, message="the CronJob pins revision 1")
         cron_spec = k8s.peek(CRONJOBS, "credit-nightly", namespace="default")["spec"]["jobTemplate"]["spec"]
         assert (cron_spec["completionMode"], cron_spec["completions"], cron_spec["parallelism"]) == ("Indexed", 3, 3)
 
