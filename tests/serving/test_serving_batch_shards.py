@@ -4,7 +4,9 @@ killed shard resumes on its own."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -133,4 +135,14 @@ def test_the_run_manifest_is_published_once(tmp_path):
     path = tmp_path / "_RUN.json"
     assert publish_once(path, b"first") == b"first"
     assert publish_once(path, b"second") == b"first"  # a later writer reads the first one's, never overwrites
+    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["_RUN.json"]
+
+
+def test_without_hard_links_the_manifest_is_still_published_once(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "_RUN.json"
+    assert publish_once(path, b"first") == b"first"
+    assert publish_once(path, b"second") == b"first"
     assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["_RUN.json"]

@@ -23,7 +23,9 @@ would sweep away a running neighbour's.
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ import orjson
 MANIFEST = "_RUN.json"
 SUMMARY = "_SUMMARY.json"
 _TEMPORARY = ".tmp"
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
 
 
 class RunMismatch(Exception):
@@ -66,13 +69,23 @@ def publish_once(path: Path, data: bytes) -> bytes:
 
     A link, unlike a rename, fails on an existing name, so of shards starting
     together exactly one publishes and none sees a half-written file."""
-    temporary = _temporary(path, f".{os.getpid()}")
+    # Not the pid: every shard is PID 1 of its own container, on one shared volume.
+    temporary = _temporary(path, f".{secrets.token_hex(8)}")
     _write_synced(temporary, data)
     try:
-        os.link(temporary, path)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return path.read_bytes()
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            # A volume without hard links (some network file systems): check, then rename. Shards
+            # of one Job start with the same settings, so a race here writes the same bytes twice.
+            if path.exists():
+                return path.read_bytes()
+            os.replace(temporary, path)
         return data
-    except FileExistsError:
-        return path.read_bytes()
     finally:
         temporary.unlink(missing_ok=True)
 
