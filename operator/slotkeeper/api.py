@@ -631,6 +631,7 @@ PVC_PART = r"pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/\S+"
 BATCH_INPUT_URI = rf"^((file|https?)://\S+|{PVC_PART})$"
 BATCH_OUTPUT_URI = rf"^(file://\S+|{PVC_PART})$"
 BATCH_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_BATCH_PARALLELISM = 64
 MAX_BATCH_NAME_LENGTH = 20  # "<endpoint>-<name>" is cut to a 52-character CronJob name
 
 
@@ -664,6 +665,12 @@ class BatchJob(ApiModel):
                                       "mode's default).")
     resources: Resources | None = Field(
         None, description="The batch pod's resources. Absent: the stable revision's serving resources.",
+    )
+    parallelism: int | None = Field(
+        None, ge=1, le=MAX_BATCH_PARALLELISM,
+        description="Pods scoring one run together (an Indexed Job: pod I scores chunks I, I+N, ... into the "
+                    "same output); the run succeeds when every pod did, the failed-row limits hold per pod. "
+                    "Absent: 1.",
     )
     backoff_limit: int = Field(
         3, ge=0, le=20, description="Pod retries of a run (a killed pod's successor resumes: finished chunks are "

@@ -78,11 +78,18 @@ def data_location(uri: str, writable: bool) -> tuple[str, str | None]:
     return f"file://{DATA_MOUNT_ROOT}/{parts.netloc}{parts.path}", parts.netloc
 
 
+def shard_count(job: BatchJob) -> int:
+    return job.parallelism or 1
+
+
 def batch_args(job: BatchJob) -> list[str]:
-    """The container's args: the batch mode's command line (the image's ENTRYPOINT is slotkeeper-serve)."""
+    """The container's args: the batch mode's command line (the image's ENTRYPOINT is slotkeeper-serve).
+    A sharded run passes its shard count; each pod's index is the Job controller's $JOB_COMPLETION_INDEX."""
     args = ["batch", "--input", data_location(job.input, False)[0], "--output", data_location(job.output, True)[0]]
+    shards = shard_count(job) if shard_count(job) > 1 else None
     for flag, value in (("--key-column", job.key_column), ("--chunk-rows", job.chunk_rows),
-                        ("--max-failed-rows", job.max_failed_rows), ("--max-failed-fraction", job.max_failed_fraction)):
+                        ("--max-failed-rows", job.max_failed_rows), ("--max-failed-fraction", job.max_failed_fraction),
+                        ("--shard-count", shards)):
         if value is not None:
             args += [flag, str(value)]
     return args
@@ -139,12 +146,21 @@ def batch_pod_template(stable_template: Mapping[str, Any], job: BatchJob, endpoi
 
 def batch_job_spec(stable_template: Mapping[str, Any], job: BatchJob, endpoint: str, revision: str,
                    entry: str | None) -> dict[str, Any]:
-    """One pod at a time; a pod killed (or its node lost) is replaced and resumes; a failure the
-    batch mode reports (exit 1 or 2) fails the Job at once: a retry would fail the same way."""
+    """A pod killed (or its node lost) is replaced and resumes; a failure the batch mode reports
+    (exit 1 or 2) fails the Job at once: a retry would fail the same way.
+
+    ``parallelism`` N > 1 makes it an Indexed Job of N completions run at once: pod I (its
+    ``$JOB_COMPLETION_INDEX``) scores the chunks I mod N, and the Job is Complete only when every
+    index succeeded; one shard's failure fails the Job (the others are stopped). ``backoffLimit``
+    counts retries over all shards. N = 1 renders the plain Job it always did, so the CronJobs of
+    existing specs keep their config hash and are not re-applied."""
+    shards = shard_count(job)
+    indexed = {"completionMode": "Indexed"} if shards > 1 else {}
     return {
         "backoffLimit": job.backoff_limit,
-        "completions": 1,
-        "parallelism": 1,
+        **indexed,
+        "completions": shards,
+        "parallelism": shards,
         "podFailurePolicy": {"rules": [
             {"action": "FailJob", "onExitCodes": {"containerName": "model", "operator": "In",
                                                   "values": FINAL_EXIT_CODES}},

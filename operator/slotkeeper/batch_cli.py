@@ -20,13 +20,14 @@ from pydantic import ValidationError
 
 from .api import GROUP, PLURAL, VERSION, BatchJob, ModelEndpointSpec, ModelEndpointStatus
 from .batch import render_batch_job, run_job_name, stable_pod_template
-from .observe import JOB_NAME_LABEL, batch_result, summarise_job
+from .observe import JOB_NAME_LABEL, batch_result, combine_results, completion_index, summarise_job
 from .reconciler import spec_error
 from .render import LABEL_REVISION, slot_object_name
 
 POLL_SECONDS = 1.0
 OVERRIDES = (("input", "input"), ("output", "output"), ("key_column", "keyColumn"), ("chunk_rows", "chunkRows"),
-             ("max_failed_rows", "maxFailedRows"), ("max_failed_fraction", "maxFailedFraction"))
+             ("max_failed_rows", "maxFailedRows"), ("max_failed_fraction", "maxFailedFraction"),
+             ("parallelism", "parallelism"))
 
 
 class BatchError(Exception):
@@ -98,8 +99,9 @@ def follow(core, batch, namespace: str, name: str, wait: float) -> int:
         job = summarise_job(_raw(batch.read_namespaced_job(name, namespace, _preload_content=False)))
         pods = _raw(core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={name}",
                                              _preload_content=False)).get("items") or []
-        result = next((r for r in (batch_result((p.get("status") or {}).get("containerStatuses") or [])
-                                   for p in pods) if r is not None), None)
+        result = combine_results(
+            (completion_index((p.get("metadata") or {}).get("annotations") or {}), r) for p in pods
+            if (r := batch_result((p.get("status") or {}).get("containerStatuses") or [])) is not None)
         state = (job.outcome, len(pods))
         if state != shown:
             print(f"{name}: {job.outcome} ({len(pods)} pod(s))", flush=True)
@@ -156,6 +158,7 @@ def add_commands(commands, parent: argparse.ArgumentParser) -> None:
     run.add_argument("--chunk-rows", type=int)
     run.add_argument("--max-failed-rows", type=int)
     run.add_argument("--max-failed-fraction", type=float)
+    run.add_argument("--parallelism", type=int, help="pods scoring the run together (an Indexed Job)")
     run.add_argument("--wait", type=float, default=3600.0, help="seconds to follow the run (default 3600)")
     run.add_argument("--no-follow", action="store_true", help="start the run and return")
     run.set_defaults(func=run_command)

@@ -16,6 +16,7 @@ from .render import ANNOTATION_CONFIG, LABEL_REVISION, LABEL_SLOT
 
 LABEL_BATCH = "slotkeeper.io/batch"  # on batch Jobs and pods (batch.py)
 JOB_NAME_LABEL = "job-name"  # on a Job's pods, set by the Job controller
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"  # on an Indexed Job's pods, likewise
 
 # The field manager of slotkeeper's server-side applies (cluster.py sends it).
 APPLY_MANAGER = "slotkeeper"
@@ -71,6 +72,7 @@ class PodSummary:
     ip: str | None = None
     failure: str | None = None  # "<reason>: <message>" of a container stuck in a FAIL_FAST_REASONS state
     job: str | None = None  # a batch pod's Job
+    shard: int | None = None  # a batch pod's completion index (an Indexed Job's: parallelism > 1)
     batch_result: BatchResult | None = None  # a batch pod's summary, once it has terminated
 
 
@@ -149,7 +151,9 @@ def summarise_job(body: Mapping[str, Any]) -> JobSummary:
     labels = meta.get("labels") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     state = {kind: (condition or {}).get("status") for kind, condition in conditions.items()}
-    if state.get("Complete") == "True" or (status.get("succeeded") or 0) > 0 and state.get("Failed") != "True":
+    # Every completion must have succeeded: an Indexed Job (a sharded batch run) has one per index.
+    completions = (body.get("spec") or {}).get("completions") or 1
+    if state.get("Complete") == "True" or (status.get("succeeded") or 0) >= completions and state.get("Failed") != "True":
         outcome = "Succeeded"
     elif state.get("Failed") == "True":
         outcome = "Failed"
@@ -199,6 +203,27 @@ def batch_result(statuses: Iterable[Mapping[str, Any]]) -> BatchResult | None:
                            revision=revision if isinstance(revision, str) else None,
                            outcome=outcome if outcome in ("Succeeded", "Failed") else None, reason=reason)
     return None
+
+
+def combine_results(results: Iterable[tuple[int | None, BatchResult]]) -> BatchResult | None:
+    """One run's result from its pods' (completion index, summary): rows and failed rows summed over
+    the shards that reported (one summary per index), Failed if
+    any shard failed, the failed shards' reasons. None when no pod has reported."""
+    by_shard = dict(results)
+    if not by_shard:
+        return None
+    if len(by_shard) == 1 and None in by_shard:
+        return by_shard[None]
+    shards = sorted(by_shard.items(), key=lambda item: item[0] or 0)
+    counts = {field: [getattr(result, field) for _, result in shards] for field in ("rows", "failed_rows")}
+    failed = [(index, result) for index, result in shards if result.outcome == "Failed"]
+    reasons = "; ".join(f"shard {index}: {result.reason}" for index, result in failed if result.reason)
+    return BatchResult(
+        rows=None if None in counts["rows"] else sum(counts["rows"]),
+        failed_rows=None if None in counts["failed_rows"] else sum(counts["failed_rows"]),
+        revision=next((result.revision for _, result in shards if result.revision), None),
+        outcome="Failed" if failed else shards[0][1].outcome,
+        reason=reasons[:REASON_LENGTH] or None)
 
 
 _SAME = object()  # shown_selector's default: the watches showed what endpoint_selector says
@@ -302,6 +327,11 @@ def _container_failure(statuses: Iterable[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def completion_index(annotations: Mapping[str, str]) -> int | None:
+    value = annotations.get(COMPLETION_INDEX_ANNOTATION, "")
+    return int(value) if value.isdigit() else None
+
+
 def summarise_pod(body: Mapping[str, Any]) -> PodSummary:
     meta, status = body.get("metadata", {}), body.get("status") or {}
     labels = meta.get("labels") or {}
@@ -314,6 +344,7 @@ def summarise_pod(body: Mapping[str, Any]) -> PodSummary:
         name=meta.get("name", ""), slot=labels.get(LABEL_SLOT, ""), revision=labels.get(LABEL_REVISION),
         ready=ready, ip=status.get("podIP"), failure=failure,
         job=labels.get(JOB_NAME_LABEL) if batch else None,
+        shard=completion_index(meta.get("annotations") or {}) if batch else None,
         batch_result=batch_result(status.get("containerStatuses") or []) if batch else None,
     )
 
@@ -337,7 +368,11 @@ def observe_endpoint(
                               autoscaler=hpas.get(slot), disruption_budget=pdbs.get(slot))
         for slot in {*by_slot, *hpas, *pdbs}
     }
-    results = {pod.job: pod.batch_result for pod in pods if pod.job and pod.batch_result is not None}
+    reported: dict[str, list[tuple[int | None, BatchResult]]] = {}
+    for pod in pods:
+        if pod.job and pod.batch_result is not None:
+            reported.setdefault(pod.job, []).append((pod.shard, pod.batch_result))
+    results = {job: combine_results(shards) for job, shards in reported.items()}
     return Observed(slots=slots, endpoint_selector=endpoint_selector, slot_services=frozenset(slot_services),
                     route=route, jobs=tuple(jobs), batch_results=results)
 

@@ -209,6 +209,7 @@ class Cluster:
         self.core = client.CoreV1Api(self.api_client)
         self.apps = client.AppsV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
 
     # ------------------------------------------------------------------------------ namespaces
     def create_namespace(self, prefix: str) -> str:
@@ -312,6 +313,10 @@ class Cluster:
             self.core.create_namespaced_config_map(namespace, body)
         elif kind == "Deployment":
             self.apps.create_namespaced_deployment(namespace, body)
+        elif kind == "PersistentVolumeClaim":
+            self.core.create_namespaced_persistent_volume_claim(namespace, body)
+        elif kind == "Job":
+            self.batch.create_namespaced_job(namespace, body)
         else:  # pragma: no cover - a test asked for something this helper does not know
             raise ValueError(f"cannot create a {kind}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import itertools
 import json
 import pathlib
@@ -24,6 +25,7 @@ import yaml
 from kmock_cluster import DEPLOYMENTS, HPAS, PODS, SERVICES, Kube, KubeAPIError, match_selector
 
 SLOT = "slotkeeper.io/slot"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the Job controller's, on an Indexed Job's pods
 MANAGED = {"app.kubernetes.io/managed-by": "slotkeeper"}
 
 
@@ -304,6 +306,11 @@ class BatchController:
     until the test calls :meth:`finish`, after which the Pod terminates with the batch mode's summary
     as its termination message (the revision it reports is its env's SLOTKEEPER_MODEL_VERSION, as
     the real batch mode's) and the Job gets Complete (or Failed, with ``ok=False``).
+
+    An Indexed Job (``completionMode: Indexed``, a sharded run) gets ``completions`` pods at once,
+    each with the Job controller's completion-index annotation and ``JOB_COMPLETION_INDEX`` env;
+    :meth:`finish` ends one index, the Job counts ``succeeded`` / ``completedIndexes`` and is
+    Complete only when every index succeeded, Failed as soon as one fails (podFailurePolicy FailJob).
     """
 
     def __init__(self, k8s: Kube, namespace: str = "default", period: float = 0.02) -> None:
@@ -322,12 +329,16 @@ class BatchController:
             "spec": template["spec"]}, namespace=self.namespace)
         return name
 
-    def finish(self, job: str, rows: int, failed: int = 0, ok: bool = True) -> None:
-        self.results[job] = (rows, failed, ok)
+    def finish(self, job: str, rows: int, failed: int = 0, ok: bool = True, index: int = 0) -> None:
+        """Let the Job's pod (an Indexed Job's pod `index`) terminate with this summary."""
+        self.results.setdefault(job, {})[index] = (rows, failed, ok)
+
+    def pods_of(self, job: str) -> list[dict[str, Any]]:
+        return [p for p in self.k8s.objects(PODS, namespace=self.namespace)
+                if (p["metadata"].get("labels") or {}).get("job-name") == job]
 
     def pod_of(self, job: str) -> dict[str, Any] | None:
-        return next((p for p in self.k8s.objects(PODS, namespace=self.namespace)
-                     if (p["metadata"].get("labels") or {}).get("job-name") == job), None)
+        return next(iter(self.pods_of(job)), None)
 
     async def sync_once(self) -> None:
         for job in self.k8s.objects(JOBS, namespace=self.namespace):
@@ -336,25 +347,66 @@ class BatchController:
 
     async def _sync(self, job: dict[str, Any]) -> None:
         name, status = job["metadata"]["name"], job.get("status") or {}
-        pod = self.pod_of(name)
-        if pod is None:
-            template = job["spec"]["template"]
-            labels = {**template["metadata"]["labels"], "job-name": name}
-            await self.k8s.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
-                "name": f"{name}-pod", "labels": labels}, "spec": template["spec"]}, namespace=self.namespace)
-            await self.k8s.patch(PODS, f"{name}-pod", {"status": {"phase": "Running", "containerStatuses": [
-                {"name": "model", "ready": True, "restartCount": 0, "image": "", "imageID": "",
-                 "state": {"running": {"startedAt": "2026-12-01T02:00:01Z"}}}]}},
-                namespace=self.namespace, subresource="status")
-            await self.k8s.patch(JOBS, name, {"status": {"startTime": "2026-12-01T02:00:00Z", "active": 1}},
+        indexed = job["spec"].get("completionMode") == "Indexed"
+        indexes = range(job["spec"].get("completions") or 1) if indexed else [None]
+        if not self.pods_of(name):
+            for index in indexes:
+                await self._start_pod(job, index)
+            await self.k8s.patch(JOBS, name, {"status": {"startTime": "2026-12-01T02:00:00Z",
+                                                         "active": len(indexes)}},
                                  namespace=self.namespace, subresource="status")
             return
-        if name not in self.results or status.get("completionTime") or any(
-                c.get("type") == "Failed" for c in status.get("conditions") or []):
+        if status.get("completionTime") or any(c.get("type") == "Failed" for c in status.get("conditions") or []):
             return
-        rows, failed, ok = self.results[name]
+        results = self.results.get(name, {})
+        pods = {int((p["metadata"].get("annotations") or {}).get(COMPLETION_INDEX, 0)): p for p in self.pods_of(name)}
+        ended = {}
+        for index, (rows, failed, ok) in results.items():
+            pod = pods[index]
+            if pod["status"]["phase"] == "Running":
+                await self._end_pod(pod, name, rows, failed, ok)
+            ended[index] = ok
+        succeeded, failed_pods = sum(ended.values()), len(ended) - sum(ended.values())
+        if not ended:
+            return
+        # The Job controller: Complete once every index succeeded; one pod exiting 1 fails the Job (FailJob).
+        done = failed_pods > 0 or succeeded == len(indexes)
+        condition = {"type": "Failed" if failed_pods else "Complete", "status": "True",
+                     "reason": "PodFailurePolicy" if failed_pods else "Completed",
+                     "lastTransitionTime": "2026-12-01T02:10:00Z", "lastProbeTime": "2026-12-01T02:10:00Z"}
+        counts = {"succeeded": succeeded, "failed": failed_pods, "active": 0 if done else len(indexes) - len(ended)}
+        if indexed:
+            counts["completedIndexes"] = ",".join(str(i) for i, ok in sorted(ended.items()) if ok)
+        extra = {"conditions": [condition]} if done else {}
+        if done and not failed_pods:
+            extra["completionTime"] = "2026-12-01T02:10:00Z"
+        if not done and all(status.get(key) == value for key, value in counts.items()):
+            return  # nothing new: no write per sync
+        await self.k8s.patch(JOBS, name, {"status": {**counts, **extra}}, namespace=self.namespace,
+                             subresource="status")
+
+    async def _start_pod(self, job: dict[str, Any], index: int | None) -> None:
+        name, template = job["metadata"]["name"], job["spec"]["template"]
+        labels = {**template["metadata"]["labels"], "job-name": name}
+        metadata: dict[str, Any] = {"name": f"{name}-pod", "labels": labels}
+        spec = template["spec"]
+        if index is not None:  # what the Job controller adds to an Indexed Job's pods
+            metadata = {"name": f"{name}-{index}-pod", "labels": labels,
+                        "annotations": {COMPLETION_INDEX: str(index)}}
+            spec = copy.deepcopy(spec)
+            for container in spec["containers"]:
+                container["env"] = [*(container.get("env") or []), {"name": "JOB_COMPLETION_INDEX",
+                                                                    "value": str(index)}]
+        await self.k8s.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec},
+                              namespace=self.namespace)
+        await self.k8s.patch(PODS, metadata["name"], {"status": {"phase": "Running", "containerStatuses": [
+            {"name": "model", "ready": True, "restartCount": 0, "image": "", "imageID": "",
+             "state": {"running": {"startedAt": "2026-12-01T02:00:01Z"}}}]}},
+            namespace=self.namespace, subresource="status")
+
+    async def _end_pod(self, pod: dict[str, Any], job: str, rows: int, failed: int, ok: bool) -> None:
         revision = _env(pod["spec"], "SLOTKEEPER_MODEL_VERSION")
-        summary = {"runId": name, "revision": revision, "model": _env(pod["spec"], "SLOTKEEPER_MODEL_NAME"),
+        summary = {"runId": job, "revision": revision, "model": _env(pod["spec"], "SLOTKEEPER_MODEL_NAME"),
                    "rows": rows, "failedRows": failed, "seconds": 1.5, "outcome": "Succeeded" if ok else "Failed",
                    "reason": None if ok else f"{failed} failed rows exceed the threshold"}
         await self.k8s.patch(PODS, pod["metadata"]["name"], {"status": {
@@ -363,13 +415,6 @@ class BatchController:
                     "terminated": {"exitCode": 0 if ok else 1, "reason": "Completed" if ok else "Error",
                                    "message": json.dumps(summary, separators=(",", ":"))}}}]}},
             namespace=self.namespace, subresource="status")
-        condition = {"type": "Complete" if ok else "Failed", "status": "True",
-                     "reason": "Completed" if ok else "PodFailurePolicy",
-                     "lastTransitionTime": "2026-12-01T02:10:00Z", "lastProbeTime": "2026-12-01T02:10:00Z"}
-        await self.k8s.patch(JOBS, name, {"status": {"active": 0, "conditions": [condition],
-                                                     **({"succeeded": 1, "completionTime": "2026-12-01T02:10:00Z"}
-                                                        if ok else {"failed": 1})}},
-                             namespace=self.namespace, subresource="status")
 
     async def run(self) -> None:
         while True:

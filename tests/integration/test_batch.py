@@ -182,3 +182,57 @@ async def test_a_run_that_ends_while_the_operator_is_down_is_recorded_once_after
     assert len(kmock.changes(CRONJOBS)) == cron_changes
     await eventually(lambda: announced(second) == 1, message="the Event of the run that ended while down")
     assert announced(first) == 1  # not announced again
+
+
+async def test_a_sharded_run_is_an_indexed_job_whose_pods_rows_add_up(operator, k8s, kmock, tmp_path):
+    """parallelism 3: the fake Job controller starts 3 pods (indexes 0..2) of one Job; the run is
+    Running until every index succeeded, then status holds the rows of all three; one failed shard
+    fails the run with its reason. `batch run --parallelism 2` follows a sharded one-off run."""
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
+    spec = {**SPEC, "batch": {"jobs": [{**NIGHTLY, "parallelism": 3}]}}
+    async with deployment_controller(k8s), batch_controller(k8s) as batch:
+        await k8s.create_endpoint("credit", spec, namespace="default")
+        await eventually(lambda: status(k8s).get("phase") == "Healthy", timeout=20, message="revision 1 healthy")
+        revision = status(k8s)["stableRevision"]
+        await eventually(lambda: cron_revision(k8s) == revision, timeout=10, message="the CronJob pins revision 1")
+        cron_spec = k8s.peek(CRONJOBS, "credit-nightly", namespace="default")["spec"]["jobTemplate"]["spec"]
+        assert (cron_spec["completionMode"], cron_spec["completions"], cron_spec["parallelism"]) == ("Indexed", 3, 3)
+
+        run = await batch.fire("credit-nightly")
+        await eventually(lambda: len(batch.pods_of(run)) == 3, timeout=10, message="three shards started")
+        pods = sorted(batch.pods_of(run), key=lambda p: p["metadata"]["name"])
+        for index, pod in enumerate(pods):
+            (container,) = pod["spec"]["containers"]
+            assert container["args"][-2:] == ["--shard-count", "3"]
+            assert {"name": "JOB_COMPLETION_INDEX", "value": str(index)} in container["env"]
+            assert pod["metadata"]["labels"]["job-name"] == run  # the run id of every shard
+        batch.finish(run, rows=400_000, failed=5, index=0)
+        batch.finish(run, rows=300_000, failed=2, index=2)
+        await eventually(lambda: runs(k8s).get(run, {}).get("rows") == 700_000, timeout=20,
+                         message="two shards' rows recorded")
+        assert runs(k8s)[run]["outcome"] == "Running"  # index 1 still scores
+        batch.finish(run, rows=300_000, failed=0, index=1)
+        await eventually(lambda: runs(k8s)[run]["outcome"] == "Succeeded", timeout=20, message="all shards done")
+        assert (runs(k8s)[run]["rows"], runs(k8s)[run]["failedRows"], runs(k8s)[run]["revision"]) == (
+            1_000_000, 7, revision)
+
+        failing = await batch.fire("credit-nightly")
+        await eventually(lambda: len(batch.pods_of(failing)) == 3, timeout=10, message="three shards started")
+        batch.finish(failing, rows=100, index=0)
+        batch.finish(failing, rows=100, failed=50, ok=False, index=1)
+        await eventually(lambda: runs(k8s).get(failing, {}).get("outcome") == "Failed", timeout=20,
+                         message="one failed shard fails the run")
+        assert runs(k8s)[failing]["reason"] == "shard 1: 50 failed rows exceed the threshold"
+
+        follow = asyncio.ensure_future(slotkeeper(kubeconfig, "batch", "run", "credit", "-n", "default",
+                                                  "--job", "nightly", "--parallelism", "2", "--wait", "60",
+                                                  timeout=90))
+        await eventually(lambda: any(r.get("job") == "nightly" and r["jobName"] not in (run, failing)
+                                     for r in runs(k8s).values()), timeout=20, message="the one-off run recorded")
+        (oneoff,) = [name for name in runs(k8s) if name not in (run, failing)]
+        await eventually(lambda: len(batch.pods_of(oneoff)) == 2, timeout=10, message="two shards started")
+        batch.finish(oneoff, rows=60, failed=1, index=0)
+        batch.finish(oneoff, rows=40, index=1)
+        code, output = await follow
+        assert code == 0, output
+        assert f"{oneoff}: 100 rows, 1 failed, revision {revision}" in output

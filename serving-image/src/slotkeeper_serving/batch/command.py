@@ -26,6 +26,7 @@ from .rundir import check_run_id
 from .runner import DEFAULT_CHUNK_ROWS, BatchJob, run_batch
 
 RUN_ID_ENV = "SLOTKEEPER_BATCH_RUN_ID"
+SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by the Job controller in each pod of an Indexed Job
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
 
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-failed-fraction", type=float, help="fail the run when more than this fraction of rows fail "
         "(default: 0.01 when no limit is given)")
     add("--run-id", help=f"output subdirectory; reuse it to resume (default: ${RUN_ID_ENV} or a UTC timestamp)")
+    add("--shard-index", type=int, help=f"score only this shard's chunks (default: ${SHARD_INDEX_ENV} or 0)")
+    add("--shard-count", type=int, default=1, help="shards of the run: shard I scores the chunks whose ordinal "
+        "is I mod N, into the same part files; its summary is _SUMMARY-<I>.json (default: 1, no sharding)")
     add("--termination-log", help=f"also write the summary here (default: {DEFAULT_TERMINATION_LOG} if writable; "
         "'' for none)")
     add_model_flags(parser)
@@ -86,6 +90,7 @@ def _job(args: argparse.Namespace) -> BatchJob:
     fraction = args.max_failed_fraction
     if fraction is not None and not (math.isfinite(fraction) and 0 <= fraction <= 1):
         raise ValueError(f"--max-failed-fraction must be 0..1, got {fraction}")
+    shard_index, shard_count = _shard(args.shard_index, args.shard_count)
     run_id = args.run_id or os.environ.get(RUN_ID_ENV, "").strip() or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return BatchJob(
         input=args.input,
@@ -95,7 +100,22 @@ def _job(args: argparse.Namespace) -> BatchJob:
         key_column=args.key_column,
         chunk_rows=args.chunk_rows,
         limits=FailedRowLimits.from_flags(args.max_failed_rows, fraction),
+        shard_index=shard_index,
+        shard_count=shard_count,
     )
+
+
+def _shard(index: int | None, count: int) -> tuple[int, int]:
+    if count < 1:
+        raise ValueError(f"--shard-count must be >= 1, got {count}")
+    if index is None:
+        text = os.environ.get(SHARD_INDEX_ENV, "").strip() or "0"
+        if not text.isdigit():
+            raise ValueError(f"${SHARD_INDEX_ENV} must be a shard index, got {text!r}")
+        index = int(text)
+    if not 0 <= index < count:
+        raise ValueError(f"the shard index must be 0..{count - 1} (--shard-count {count}), got {index}")
+    return index, count
 
 
 def _print_line(event: dict[str, Any]) -> None:

@@ -6,6 +6,17 @@ the stable revision's slot container, so the run scores with exactly the
 model that serves online, and records its revision (SLOTKEEPER_MODEL_VERSION)
 in _RUN.json and the summary. A restart with another revision is refused
 (rundir.RunMismatch) rather than mixing models in one output.
+
+Sharding (an Indexed Job's pods, --shard-index I --shard-count N): chunk
+ordinals count on across the input files, and shard I scores the chunks whose
+ordinal is I mod N, so every shard writes the part files an unsharded run
+would, and resume works per chunk as before (even with another shard count).
+A shard still reads the lines of the chunks it leaves, without parsing them:
+chunk boundaries are line counts and a file has no index of its lines, while
+reading costs little next to parsing and scoring (an http(s) input is
+downloaded by every shard). The failed-row limits hold per shard: each shard
+decides its own outcome from its own rows, and the run succeeds only when
+every shard did (for the operator: the Indexed Job's Complete condition).
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from ..models import load_model
 from .inputs import InputError, InputFile, list_inputs, open_text, output_root
 from .outcome import FailedRowLimits, decide_outcome, rows_limit_exceeded
 from .rows import Chunk, open_reader
-from .rundir import RunDirectory, RunMismatch
+from .rundir import RunDirectory, RunMismatch, summary_name
 from .scoring import ChunkScorer, UnsupportedModel
 
 log = logging.getLogger(__name__)
@@ -54,6 +65,12 @@ class BatchJob:
     key_column: str = "id"
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     limits: FailedRowLimits = FailedRowLimits.from_flags(None, None)
+    shard_index: int = 0
+    shard_count: int = 1
+
+    def owns(self, ordinal: int) -> bool:
+        """Whether this shard scores the run's `ordinal`-th chunk (counted over all input files)."""
+        return ordinal % self.shard_count == self.shard_index
 
 
 @dataclass
@@ -79,7 +96,7 @@ def run_batch(job: BatchJob, settings: Settings, emit: Emit, loader=load_model) 
     directory = RunDirectory(output_root(job.output), job.run_id)
     try:
         sources = list_inputs(job.input, job.input_format)
-        directory.prepare(_manifest(job, settings, sources))
+        directory.prepare(_manifest(job, settings, sources), sweep=job.shard_count == 1)
         ours = True
         # Online request batching is not used here; the scorer verifies rows for its own output.
         model = loader(dataclasses.replace(settings, batching=False))
@@ -108,9 +125,11 @@ def run_batch(job: BatchJob, settings: Settings, emit: Emit, loader=load_model) 
         "skippedChunks": tally.skipped_chunks,
         "files": len(sources) if sources is not None else 0,
     }
+    if job.shard_count > 1:
+        summary.update(shard=job.shard_index, shards=job.shard_count)
     if ours:
         try:
-            directory.write_summary(summary)
+            directory.write_summary(summary, summary_name(job.shard_index, job.shard_count))
         except OSError as exc:
             log.error("cannot write the summary to %s: %s", directory.path, exc)
     return summary
@@ -130,12 +149,16 @@ def _manifest(job: BatchJob, settings: Settings, sources: list[InputFile]) -> di
 
 
 def _score_all(job, sources, directory, scorer, tally: Tally, emit: Emit) -> str | None:
-    """Score every chunk not written yet; the reason the run stopped early, or None."""
+    """Score every chunk of this shard not written yet; the reason the run stopped early, or None."""
+    ordinal = -1
     for source in sources:
         try:
             with open_text(source) as stream:
                 reader = open_reader(source, stream, job.key_column, scorer.feature_names, scorer.n_features)
                 for index, (start, texts) in enumerate(reader.chunks(job.chunk_rows)):
+                    ordinal += 1
+                    if not job.owns(ordinal):
+                        continue  # another shard's
                     finished = directory.finished_counts(source.index, index)
                     if finished is not None:
                         scored, failed = finished
