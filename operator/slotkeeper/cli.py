@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def official_client_hidden() -> Iterator[None]:
+    """``import kopf`` imports the official ``kubernetes`` client whenever it is installed (kopf's
+    thirdparty.py try-imports its models, to accept them as bodies; slotkeeper never passes one):
+    ~35 MiB of RSS in the operator process; its default registry asks again to add a login handler
+    for it. A ``None`` in ``sys.modules`` makes those imports fail, as if the package were absent
+    (so kopf adds only its own kubeconfig and service-account fallbacks, behind slotkeeper's login
+    handler); afterwards the entries go, so the CLI's other code paths, and the
+    operator's for an exec-plugin kubeconfig (client_config.py), can still import it."""
+    names = ("kubernetes", "kubernetes.client")
+    hidden = [name for name in names if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
 
 
 def _run_operator(args: argparse.Namespace) -> int:
-    import kopf
+    with official_client_hidden():  # kopf looks for it at import and in its registry's first use
+        import kopf
 
-    from . import handlers  # noqa: F401  (registers the handlers)
+        from . import handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     asyncio.run(kopf.operator(
@@ -46,10 +68,10 @@ ACTION_HELP = {
 
 
 def _kube(args: argparse.Namespace):
-    """The official client, configured as kubectl would be (see handlers.build_api_client)."""
+    """The official client, configured as kubectl would be (see client_config.build_api_client)."""
     from kubernetes import client
 
-    from .handlers import build_api_client
+    from .client_config import build_api_client
     api = build_api_client(args.kubeconfig, args.context)
     return client.CustomObjectsApi(api), client.CoreV1Api(api)
 

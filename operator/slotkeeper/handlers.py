@@ -21,15 +21,13 @@ from typing import Any, Mapping
 
 import aiohttp
 import kopf
-import urllib3
-from kubernetes.client import ApiClient
-from kubernetes.client.exceptions import ApiException
 
 from .api import GROUP, PLURAL, VERSION
 from .checks.access import make_slot_access
 from .checks.runner import CheckRunner
-from .client_config import build_api_client, connection_info, load_configuration
+from .client_config import as_connection, load_connection
 from .cluster import Cluster
+from .kube_api import ApiError, KubeApi
 from .loops import EndpointLoop, EndpointLoops, Key
 from .observe import (summarise_autoscaler, summarise_deployment, summarise_disruption_budget, summarise_job,
                       summarise_pod, summarise_route)
@@ -58,7 +56,7 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo | None:
     cluster and write to another (or fail to start)."""
     if getattr(memo, "kube_config", None) is not None:
         return None  # a test or benchmark connects kopf to its API double itself
-    return connection_info(load_configuration(getattr(memo, "kubeconfig", None), getattr(memo, "context", None)))
+    return load_connection(getattr(memo, "kubeconfig", None), getattr(memo, "context", None))
 
 
 @kopf.on.startup()
@@ -84,12 +82,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if getattr(memo, "cluster", None) is None:
         # Tests hand in a client configuration for their API double; a real install loads its own.
         config = getattr(memo, "kube_config", None)
-        api_client = ApiClient(config) if config is not None else build_api_client(
-            getattr(memo, "kubeconfig", None), getattr(memo, "context", None))
-        memo.cluster = Cluster(api_client)
+        if config is not None:
+            memo.cluster = Cluster(as_connection(config))
+        else:
+            def relogin() -> kopf.ConnectionInfo:  # a rotated token, on a 401
+                return load_connection(getattr(memo, "kubeconfig", None), getattr(memo, "context", None))
+            memo.cluster = Cluster(KubeApi(relogin(), relogin=relogin))
     if getattr(memo, "slot_access", None) is None:  # how checks reach slot Services and pods
         memo.slot_access = make_slot_access(getattr(memo, "slot_access_mode", "direct"),
-                                            memo.cluster.api_client.configuration,
+                                            getattr(memo, "kube_config", None) or memo.cluster.api,
                                             slot_url=getattr(memo, "slot_url", None))
         log.info("checks reach slots and pods: %s", memo.slot_access.mode)
     if getattr(memo, "loops", None) is None:
@@ -105,7 +106,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await loops.stop_all()
     cluster = getattr(memo, "cluster", None)
     if cluster is not None:
-        cluster.close()
+        await cluster.aclose()
     http = getattr(memo, "http", None)
     if http is not None:
         await http.close()
@@ -231,10 +232,10 @@ async def _reconcile_pass(
     except EndpointGone:
         log.info("%s/%s: the endpoint is gone; its loop ends", reconciler.namespace, reconciler.name)
         return None
-    except ApiException as error:
+    except ApiError as error:
         # The status code and reason only: a response body may echo what we sent.
         problem = f"API error {error.status} {error.reason}"
-    except (urllib3.exceptions.HTTPError, OSError) as error:  # timeouts, refused connections
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:  # timeouts, refused connections
         problem = f"API unreachable ({type(error).__name__})"
     except Exception:  # a bug must not stop the endpoint for good; the next pass decides afresh
         log.exception("%s/%s: reconcile failed", reconciler.namespace, reconciler.name)

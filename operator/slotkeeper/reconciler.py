@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from .api import ModelEndpointSpec, ModelEndpointStatus
 from .cluster import Cluster, GatewayAPIMissing, merge_patch
+from .kube_api import ApiError
 from .conditions import set_condition
 from .clock import format_time
 from .checks.runner import CheckRunner
@@ -66,7 +66,7 @@ _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 LONG_QUOTE = 120
 
 
-def is_spec_error(error: ApiException) -> bool:
+def is_spec_error(error: ApiError) -> bool:
     if error.status in SPEC_ERRORS:
         return True
     return error.status == 500 and api_message(error).startswith(APPLY_SHAPE_ERROR)
@@ -76,7 +76,7 @@ class EndpointGone(Exception):
     """The endpoint's status cannot be written because the endpoint no longer exists."""
 
 
-def api_message(error: ApiException) -> str:
+def api_message(error: ApiError) -> str:
     """The apiserver's own words from a Status body (they name the field and the cause), whole, with
     any echoed object elided: it is long, and may hold values (env) that do not belong in status."""
     try:
@@ -123,7 +123,7 @@ class EndpointReconciler:
         for action in decision.actions:
             try:
                 await self.cluster.apply(self.namespace, self.name, action, self.post_event)
-            except ApiException as error:
+            except ApiError as error:
                 if not is_spec_error(error):  # only the spec can fix these, retrying cannot
                     raise
                 await self._report_invalid_spec(meta, current_status, f"the API refused an object rendered from "
@@ -157,7 +157,7 @@ class EndpointReconciler:
         if patch:
             try:
                 await self.cluster.patch_status(self.namespace, self.name, patch)
-            except ApiException as error:
+            except ApiError as error:
                 if error.status == 404:
                     raise EndpointGone(f"{self.namespace}/{self.name}") from error
                 raise

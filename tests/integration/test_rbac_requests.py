@@ -17,7 +17,7 @@ from test_canary import CANARY, promote
 from test_operator import FAST_CHECKS, NEW_MODEL, status
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
-OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf's own client, the official client
+OPERATOR_AGENTS = ("kopf/", "slotkeeper/")  # kopf's own client, the operator's (kube_api.py)
 
 
 def verb(request) -> str:
