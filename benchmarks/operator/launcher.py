@@ -8,6 +8,7 @@ memo (handlers.configure() takes it from there). Queueing settings come from the
 environment as in production (SLOTKEEPER_WORKER_LIMIT, SLOTKEEPER_IDLE_TIMEOUT). For the benchmark:
   BENCH_TWEAKS=a,b           candidate operator changes from tweaks.py, applied before any import
   BENCH_OFFICIAL_CLIENT=1    let kopf import the official client (as the operator did before 2026-12)
+  BENCH_NO_GC_FREEZE=1       no gc.freeze() after start-up
   BENCH_KOPF_QUEUEING=1      kopf's own queueing defaults (no worker limit, idle_timeout 5 s)
   BENCH_RESYNC_SECONDS=20    the periodic pass of an idle endpoint (600 s) sooner, to count its requests
 """
@@ -75,7 +76,8 @@ def main(url: str) -> None:
     settings = kopf.OperatorSettings()
     # KMock answers 500 to GET /api/v1/namespaces; all namespaces are served anyway (clusterwide).
     settings.scanning.disabled = True
-    memo = kopf.Memo(kube_config=kopf.ConnectionInfo(server=url))
+    # gc_freeze as `slotkeeper run` sets it (BENCH_NO_GC_FREEZE=1: without)
+    memo = kopf.Memo(kube_config=kopf.ConnectionInfo(server=url), gc_freeze=not os.environ.get("BENCH_NO_GC_FREEZE"))
     asyncio.run(kopf.operator(standalone=True, clusterwide=True, settings=settings, memo=memo))
 
 

@@ -89,6 +89,7 @@ AS_IS = Config("as is")
 # The changes of 2026-12-01 one at a time: without them (the transport change itself cannot be undone here:
 # the figures of the operator before it are in RESULTS.md, at 6371d54).
 OFFICIAL_CLIENT = Config("kopf imports the official client", (("BENCH_OFFICIAL_CLIENT", "1"),))
+NO_GC_FREEZE = Config("no gc.freeze", (("BENCH_NO_GC_FREEZE", "1"),))
 # The operator before its watches of Deployments, Pods and Services sent a label selector. With the
 # operator's 20 workers per watched kind it never gets past its initial listings when one of the
 # indexed kinds lists more than 20 objects (kopf: each worker waits until every listed object is
@@ -96,7 +97,7 @@ OFFICIAL_CLIENT = Config("kopf imports the official client", (("BENCH_OFFICIAL_C
 NO_SELECTORS_20 = Config("no server-side selectors", tweaks=("no_selectors",))
 NO_SELECTORS = Config("no server-side selectors, 100000 workers", (("SLOTKEEPER_WORKER_LIMIT", "100000"),),
                       tweaks=("no_selectors",))
-CONFIGS = {"as-is": AS_IS, "official-client": OFFICIAL_CLIENT,  "no-selectors": NO_SELECTORS, "no-selectors-20": NO_SELECTORS_20}
+CONFIGS = {"as-is": AS_IS, "official-client": OFFICIAL_CLIENT, "no-gc-freeze": NO_GC_FREEZE, "no-selectors": NO_SELECTORS, "no-selectors-20": NO_SELECTORS_20}
 SWEEP = [  # one change at a time from the operator as is
     Config("kopf's queueing defaults", (("BENCH_KOPF_QUEUEING", "1"),)),
     Config("queueing 100/2 (before cf6c15f)", queueing(100, 2)),
@@ -106,6 +107,7 @@ SWEEP = [  # one change at a time from the operator as is
     Config("queueing 50/0.1", queueing(50, 0.1)),
     Config("queueing 10/0.1", queueing(10, 0.1)),
     OFFICIAL_CLIENT,
+    NO_GC_FREEZE,
 ]
 
 

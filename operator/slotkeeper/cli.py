@@ -43,7 +43,7 @@ def _run_operator(args: argparse.Namespace) -> int:
         namespaces=list(args.namespace),  # kopf iterates it even cluster-wide: never None
         liveness_endpoint=args.liveness,
         memo=kopf.Memo(namespaced=bool(args.namespace), kubeconfig=args.kubeconfig, context=args.context,
-                       slot_access_mode=args.slot_access),
+                       slot_access_mode=args.slot_access, gc_freeze=True),
     ))
     return 0
 
