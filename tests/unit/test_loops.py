@@ -110,3 +110,24 @@ async def test_a_stopping_loop_counts_as_running_until_its_pass_ends_and_a_new_o
     await stopping
     await loops.stop_all()
     assert KEY not in loops
+
+
+async def test_a_loop_keeps_the_endpoint_without_its_managed_fields():
+    """Kept for every endpoint between events: managedFields are often most of the object."""
+    passes: list = []
+
+    async def run(key, loop):
+        passes.append(loop.body)
+
+    loops = EndpointLoops()
+    body = {"apiVersion": "slotkeeper.io/v1alpha1", "kind": "ModelEndpoint", "spec": {"model": {"name": "m"}},
+            "metadata": {"name": "credit", "uid": "u1", "annotations": {"a": "b"},
+                         "managedFields": [{"manager": "slotkeeper", "fieldsV1": {"f:status": {}}}]},
+            "status": {"phase": "Healthy"}}
+    loops.seen(KEY, body, run)
+    await asyncio.sleep(0)
+    await loops.stop_all()
+    assert passes == [{"apiVersion": "slotkeeper.io/v1alpha1", "kind": "ModelEndpoint", "spec": {"model": {"name": "m"}},
+                       "metadata": {"name": "credit", "uid": "u1", "annotations": {"a": "b"}},
+                       "status": {"phase": "Healthy"}}]
+    assert "managedFields" in body["metadata"]  # the watch's own body is not changed
