@@ -764,6 +764,8 @@ async def main(args: argparse.Namespace) -> dict:
         "goals": GOALS, "runs": [],
     }
     previous = HERE / "results.json"
+    if args.append and previous.exists():  # keep the runs recorded before (other N or configurations)
+        results["runs"] = json.loads(previous.read_text()).get("runs", [])
     if args.sweep:
         results["sweep"] = {"when": results["when"], "runs": []}
     elif previous.exists():
@@ -807,7 +809,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=2, help="with --unrelated: rounds (default 2)")
     parser.add_argument("--update-rate", type=float, default=10,
                         help="with --unrelated: writes per second to unrelated objects during the idle window")
-    parser.add_argument("--append", action="store_true", help="with --unrelated: keep the runs already recorded")
+    parser.add_argument("--append", action="store_true", help="keep the runs already recorded (results.json, or with --unrelated results-unrelated.json)")
     args = parser.parse_args()
     if args.configs is None:
         args.configs = ["as-is", "no-selectors"] if args.unrelated is not None else ["as-is"]

@@ -97,6 +97,7 @@ class EndpointLoops:
 async def _stop(loop: EndpointLoop) -> None:
     """Ask the loop to finish its pass; cancel it if it does not within STOP_TIMEOUT_SECONDS."""
     loop.stopped.set()
+    loop.wakeup.set()  # a sleeping loop waits for wakeup only
     if loop.task is None or loop.task.done() or loop.task is asyncio.current_task():
         return
     done, _ = await asyncio.wait({loop.task}, timeout=STOP_TIMEOUT_SECONDS)
