@@ -70,7 +70,18 @@ def memory_dump() -> None:
     signal.signal(signal.SIGUSR1, dump)
 
 
-ALL = {f.__name__: f for f in (memory_dump, quiet_logs, no_selectors)}  # in this order
+def malloc_trim() -> None:
+    """An experiment: on SIGUSR2 the operator calls glibc's malloc_trim(0), returning the free heap
+    pages (freed after the create burst, kept by malloc) to the OS. run.py measures RSS before and
+    after. Objects above 512 bytes (JSON bodies, large dicts and lists) come from malloc, not pymalloc."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL("libc.so.6")
+    signal.signal(signal.SIGUSR2, lambda *_: libc.malloc_trim(0))
+
+
+ALL = {f.__name__: f for f in (memory_dump, malloc_trim, quiet_logs, no_selectors)}  # in this order
 
 
 def apply(names: list[str]) -> None:
