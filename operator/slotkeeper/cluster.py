@@ -102,8 +102,9 @@ class Cluster:
         """One request about ``resource`` (group, version, plural); ``write``: APPLY, MERGE, JSON,
         HANDOVER or CREATE (content type and query parameters). The parsed answer; errors raise ApiError."""
         content_type, params = write
+        writes = method in ("POST", "PUT", "PATCH")  # a field manager is a write's (none on GET or DELETE)
         return await self.api.request(method, api_path(*resource, namespace, name, subresource), body,
-                                      content_type=content_type, params=params if method != "GET" else None)
+                                      content_type=content_type, params=params if writes else None)
 
     async def read_keys(self, namespace: str, secret: str) -> tuple[str, ...]:
         """The keys in the Secret (``primary``, ``secondary``; those present and not empty). A missing

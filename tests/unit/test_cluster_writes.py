@@ -170,3 +170,15 @@ async def test_an_action_without_its_io_is_a_type_error_naming_it():
     with pytest.raises(TypeError, match="unknown action 'Teleport'"):
         await cluster.apply("ml", "credit", "Teleport", lambda **_: None)
     assert calls == []
+
+
+async def test_reads_and_deletes_carry_no_field_manager():
+    from slotkeeper.actions import DeleteAutoscaler
+
+    calls, _ = await apply(DeleteAutoscaler(slot="green"))
+    assert calls == [("DELETE", "/apis/autoscaling/v2/namespaces/ml/horizontalpodautoscalers/credit-green", None,
+                      {"content_type": "application/json", "params": None})]
+    cluster, calls = recording_cluster()
+    assert await cluster.read_keys("ml", "credit-keys") == ()
+    assert calls == [("GET", "/api/v1/namespaces/ml/secrets/credit-keys", None,
+                      {"content_type": "application/json", "params": None})]
