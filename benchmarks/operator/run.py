@@ -584,8 +584,9 @@ def write_report(results: dict) -> None:
         ("The real operator (kopf, `slotkeeper.handlers`) alone in its own process on CPU 0; the API double "
          "(the integration harness's KMock-based ClusterEmulator with O(1) object lookups, playing the "
          "Deployment controller) and the driver on CPU 1. RSS: the operator's VmRSS. Requests are counted at "
-         "the API double. \"as is\": the operator's own settings; \"recommended\": the changes below, applied "
-         "by the launcher (tweaks.py). CPU used by other processes meanwhile: "
+         "the API double. \"as is\": the operator's own settings; \"+ name\": an experiment of tweaks.py on top; "
+         "\"kopf imports the official client\", \"no gc.freeze\": the operator without one of its changes "
+         "(launcher.py). CPU used by other processes meanwhile: "
          f"{', '.join(str(r['create']['others_cpu_s']) for r in results['runs'] if 'create' in r)} s."),
         "", *summary_rows(results["runs"]), "", "## Goals", "", *goal_lines(results["runs"]), "",
     ]

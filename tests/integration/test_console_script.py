@@ -76,7 +76,7 @@ async def test_the_console_script_brings_an_endpoint_to_healthy_and_stops_on_sig
 
 
 async def test_the_operator_process_never_loads_the_official_client_and_freezes_its_start_up(kmock, k8s, tmp_path):
-    """kopf imports the official client whenever it is installed (~35 MiB); ``slotkeeper run`` hides
+    """kopf imports the official client whenever it is installed (9 MiB); ``slotkeeper run`` hides
     it (cli.official_client_hidden) and sends its own requests with aiohttp (kube_api.py). After
     start-up it freezes what it imported out of the garbage collector's sight (handlers.configure),
     and reconciling still works: the endpoint gets to Healthy."""
