@@ -199,9 +199,8 @@ class BenchEmulator(ClusterEmulator):
                     self.watch_events[plural] += 1
                 yield item
 
-    async def _emit(self, resource: kmock.resource, type_: str, raw: Mapping[str, Any],
-                    old: Mapping[str, Any] | None = None) -> None:
-        await super()._emit(resource, type_, raw, old)
+    async def _emit(self, resource: kmock.resource, type_: str, raw: Mapping[str, Any]) -> None:
+        await super()._emit(resource, type_, raw)  # (the previous state comes via _notify)
         if type_ == "DELETED":
             return
         meta = raw.get("metadata", {})

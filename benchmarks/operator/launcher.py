@@ -3,10 +3,12 @@
     python benchmarks/operator/launcher.py http://127.0.0.1:PORT
 
 What `slotkeeper run` does (handlers.py's registry, kopf.operator, standalone, all namespaces),
-except that the connection comes from a login handler and the official client's configuration is
-put into the memo (handlers.configure() takes it from there). Queueing settings come from the
+except that the connection comes from a login handler and its kopf.ConnectionInfo is put into the
+memo (handlers.configure() takes it from there). Queueing settings come from the
 environment as in production (SLOTKEEPER_WORKER_LIMIT, SLOTKEEPER_IDLE_TIMEOUT). For the benchmark:
   BENCH_TWEAKS=a,b           candidate operator changes from tweaks.py, applied before any import
+  BENCH_OFFICIAL_CLIENT=1    let kopf import the official client (as the operator did before 2026-12)
+  BENCH_NO_GC_FREEZE=1       no gc.freeze() after start-up
   BENCH_KOPF_QUEUEING=1      kopf's own queueing defaults (no worker limit, idle_timeout 5 s)
   BENCH_RESYNC_SECONDS=20    the periodic pass of an idle endpoint (600 s) sooner, to count its requests
 """
@@ -14,6 +16,7 @@ environment as in production (SLOTKEEPER_WORKER_LIMIT, SLOTKEEPER_IDLE_TIMEOUT).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import sys
@@ -24,11 +27,14 @@ import tweaks
 
 tweaks.apply([name for name in os.environ.get("BENCH_TWEAKS", "").split(",") if name])
 
-# After the tweaks: one of them replaces the kubernetes package. slotkeeper.handlers registers the
+# As `slotkeeper run` imports them: kopf without the official client (cli.official_client_hidden;
+# BENCH_OFFICIAL_CLIENT=1 lets kopf import it, as before). slotkeeper.handlers registers the
 # operator's handlers in kopf's default registry.
-import kopf
-import kubernetes
-import slotkeeper.handlers
+from slotkeeper.cli import official_client_hidden
+
+with official_client_hidden() if not os.environ.get("BENCH_OFFICIAL_CLIENT") else contextlib.nullcontext():
+    import kopf
+    import slotkeeper.handlers
 import slotkeeper.reconciler
 
 if os.environ.get("BENCH_RESYNC_SECONDS"):
@@ -70,7 +76,8 @@ def main(url: str) -> None:
     settings = kopf.OperatorSettings()
     # KMock answers 500 to GET /api/v1/namespaces; all namespaces are served anyway (clusterwide).
     settings.scanning.disabled = True
-    memo = kopf.Memo(kube_config=kubernetes.client.Configuration(host=url))
+    # gc_freeze as `slotkeeper run` sets it (BENCH_NO_GC_FREEZE=1: without)
+    memo = kopf.Memo(kube_config=kopf.ConnectionInfo(server=url), gc_freeze=not os.environ.get("BENCH_NO_GC_FREEZE"))
     asyncio.run(kopf.operator(standalone=True, clusterwide=True, settings=settings, memo=memo))
 
 

@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
+
+
+@contextlib.contextmanager
+def official_client_hidden() -> Iterator[None]:
+    """``import kopf`` imports the official ``kubernetes`` client whenever it is installed (kopf's
+    thirdparty.py try-imports its models, to accept them as bodies; slotkeeper never passes one):
+    9 MiB of RSS in the operator process with kubernetes 37 (benchmarks/operator); its default registry asks again to add a login handler
+    for it. A ``None`` in ``sys.modules`` makes those imports fail, as if the package were absent
+    (so kopf adds only its own kubeconfig and service-account fallbacks, behind slotkeeper's login
+    handler); afterwards the entries go, so the CLI's other code paths, and the
+    operator's for an exec-plugin kubeconfig (client_config.py), can still import it."""
+    names = ("kubernetes", "kubernetes.client")
+    hidden = [name for name in names if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
 
 
 def _run_operator(args: argparse.Namespace) -> int:
-    import kopf
+    with official_client_hidden():  # kopf looks for it at import and in its registry's first use
+        import kopf
 
-    from . import handlers  # noqa: F401  (registers the handlers)
+        from . import handlers  # noqa: F401  (registers the handlers)
     from .metrics import parse_bind_address
 
     try:
@@ -31,7 +53,7 @@ def _run_operator(args: argparse.Namespace) -> int:
             liveness_endpoint=args.liveness,
             memo=kopf.Memo(namespaced=bool(args.namespace), kubeconfig=args.kubeconfig, context=args.context,
                            slot_access_mode=args.slot_access, metrics_bind_address=args.metrics_bind_address,
-                           **memo),
+                           gc_freeze=True, **memo),
         )
 
     if not args.leader_elect:
@@ -41,7 +63,7 @@ def _run_operator(args: argparse.Namespace) -> int:
 
 
 async def _run_elected(args: argparse.Namespace, operate: Callable[..., Awaitable[None]]) -> int:
-    from .client_config import build_api_client
+    from .client_config import load_connection
     from .leader import ElectionTiming, LeaderElector, LeaseStore, make_identity, run_elected, serve_liveness
     from .metrics import OperatorMetrics, parse_bind_address, serve_metrics
 
@@ -52,14 +74,14 @@ async def _run_elected(args: argparse.Namespace, operate: Callable[..., Awaitabl
     address = parse_bind_address(args.metrics_bind_address)
     server = await serve_metrics(metrics, *address) if address is not None else None
     timing = ElectionTiming(args.lease_duration, args.renew_deadline, args.retry_period)
-    store = LeaseStore(build_api_client(args.kubeconfig, args.context), args.lease_namespace, args.lease_name,
-                       timeout=timing.renew_deadline)
+    store = LeaseStore(await asyncio.to_thread(load_connection, args.kubeconfig, args.context),
+                       args.lease_namespace, args.lease_name, timeout=timing.renew_deadline)
     elector = LeaderElector(store, make_identity(), timing, on_leadership=metrics.set_leader)
     follow = (lambda: serve_liveness(args.liveness)) if args.liveness else None
     try:
         return await run_elected(elector, lambda: operate(metrics=metrics, metrics_server=server), follow=follow)
     finally:
-        store.close()
+        await store.close()
         if server is not None:
             await server.cleanup()
 
@@ -100,10 +122,10 @@ ACTION_HELP = {
 
 
 def _kube(args: argparse.Namespace):
-    """The official client, configured as kubectl would be (see handlers.build_api_client)."""
+    """The official client, configured as kubectl would be (see client_config.build_api_client)."""
     from kubernetes import client
 
-    from .handlers import build_api_client
+    from .client_config import build_api_client
     api = build_api_client(args.kubeconfig, args.context)
     return client.CustomObjectsApi(api), client.CoreV1Api(api)
 
@@ -295,7 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    # The parser's modules import kopf (batch_cli -> reconciler -> kube_api): kopf must not find the
+    # official client then, or `slotkeeper run` carries it (official_client_hidden says why).
+    with official_client_hidden():
+        parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
         _check_election(parser, args)

@@ -1,8 +1,9 @@
-"""The thin I/O layer: carries out the decision's actions and status patches with the official client.
+"""The thin I/O layer: carries out the decision's actions and status patches on the Kubernetes API.
 
-The official ``kubernetes`` client is synchronous; calls run in a small thread pool of their own so
-the operator's event loop never blocks. Responses are not deserialised into client models
-(``_preload_content=False``): the operator only needs to know a call succeeded.
+Requests go through :class:`~slotkeeper.kube_api.KubeApi` (aiohttp on the event loop, kopf's
+credentials; kube_api.py says why not the official client). Answers are not kept: the operator only
+needs to know a write succeeded. :meth:`Cluster.request` is the one generic request for new kinds
+of writes (a Lease, a CronJob): method, API path, body, content type and query parameters.
 
 How it writes, and why (each is what the apiserver does with it, pinned by tests/contract/):
 
@@ -36,22 +37,16 @@ what it observes.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import logging
 import secrets
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
-
-from kubernetes.client import (ApiClient, AppsV1Api, AutoscalingV2Api, BatchV1Api, CoreV1Api, CustomObjectsApi,
-                               PolicyV1Api)
-from kubernetes.client.exceptions import ApiException
+from typing import Any, Callable, Mapping
 
 from .actions import (Action, ApplyAutoscaler, ApplyCronJob, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
                       CreateJob, CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteCronJob, DeleteRoute,
                       EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
+from .kube_api import ApiError, KubeApi, api_path
 from .render import KEY_NAMES, render_keys_secret, slot_object_name
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -62,11 +57,21 @@ HANDOVER_MANAGER = "slotkeeper-handover"
 REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
 KEY_BYTES = 32  # random bytes per generated key (43 URL-safe characters)
 
-APPLY = {"_content_type": APPLY_PATCH, "field_manager": FIELD_MANAGER, "force": True}
-MERGE = {"_content_type": MERGE_PATCH, "field_manager": FIELD_MANAGER}
-JSON = {"_content_type": JSON_PATCH, "field_manager": FIELD_MANAGER}
-HANDOVER = {"_content_type": APPLY_PATCH, "field_manager": HANDOVER_MANAGER}  # no force: a moved count is a 409
+# (content type, query parameters) of each kind of write
+APPLY = (APPLY_PATCH, {"fieldManager": FIELD_MANAGER, "force": "true"})
+MERGE = (MERGE_PATCH, {"fieldManager": FIELD_MANAGER})
+JSON = (JSON_PATCH, {"fieldManager": FIELD_MANAGER})
+HANDOVER = (APPLY_PATCH, {"fieldManager": HANDOVER_MANAGER})  # no force: a moved count is a 409
+CREATE = ("application/json", {"fieldManager": FIELD_MANAGER})
 
+DEPLOYMENTS = ("apps", "v1", "deployments")
+SERVICES = ("", "v1", "services")
+SECRETS = ("", "v1", "secrets")
+AUTOSCALERS = ("autoscaling", "v2", "horizontalpodautoscalers")
+DISRUPTION_BUDGETS = ("policy", "v1", "poddisruptionbudgets")
+JOBS = ("batch", "v1", "jobs")
+CRONJOBS = ("batch", "v1", "cronjobs")
+ENDPOINTS = (GROUP, VERSION, PLURAL)
 HTTPROUTES = ("gateway.networking.k8s.io", "v1", "httproutes")
 
 log = logging.getLogger(__name__)
@@ -78,42 +83,42 @@ class GatewayAPIMissing(Exception):
 
 
 class Cluster:
-    def __init__(self, api_client: ApiClient, max_workers: int = 8,
+    """``api``: a :class:`KubeApi`, or what :func:`slotkeeper.client_config.as_connection` takes (a
+    ``kopf.ConnectionInfo``; tests: an official client ``Configuration`` or ``ApiClient``)."""
+
+    def __init__(self, api: Any, max_workers: int = 8,
                  request_timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
-        self.api_client = api_client
-        self.request_timeout = request_timeout
-        self.core = CoreV1Api(api_client)
-        self.apps = AppsV1Api(api_client)
-        self.autoscaling = AutoscalingV2Api(api_client)
-        self.policy = PolicyV1Api(api_client)
-        self.custom = CustomObjectsApi(api_client)
-        self.batch = BatchV1Api(api_client)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="slotkeeper-api")
+        if not isinstance(api, KubeApi):
+            from .client_config import as_connection
+            api = KubeApi(as_connection(api), request_timeout=request_timeout, max_connections=max_workers)
+        self.api = api
+        self.request_timeout = api.request_timeout
 
-    async def _read(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A GET whose JSON body is returned (parsed here, never logged)."""
-        kwargs.setdefault("_preload_content", False)
-        kwargs.setdefault("_request_timeout", self.request_timeout)
+    @property
+    def connection(self) -> Any:
+        """The ``kopf.ConnectionInfo`` the requests are sent with (also for checks through the apiserver)."""
+        return self.api.connection
 
-        def call() -> Any:
-            response = method(*args, **kwargs)
-            try:
-                return json.loads(response.data)
-            finally:
-                response.release_conn()
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+    async def request(self, method: str, resource: tuple[str, str, str], namespace: str | None = None,
+                      name: str | None = None, body: Any = None, *, subresource: str | None = None,
+                      write: tuple[str, Mapping[str, str]] = CREATE) -> Any:
+        """One request about ``resource`` (group, version, plural); ``write``: APPLY, MERGE, JSON,
+        HANDOVER or CREATE (content type and query parameters). The parsed answer; errors raise ApiError."""
+        content_type, params = write
+        writes = method in ("POST", "PUT", "PATCH")  # a field manager is a write's (none on GET or DELETE)
+        return await self.api.request(method, api_path(*resource, namespace, name, subresource), body,
+                                      content_type=content_type, params=params if writes else None)
 
     async def read_keys(self, namespace: str, secret: str) -> tuple[str, ...]:
         """The keys in the Secret (``primary``, ``secondary``; those present and not empty). A missing
         Secret or one without keys is an empty tuple; other API errors are raised, without the body."""
         try:
-            body = await self._read(self.core.read_namespaced_secret, secret, namespace)
-        except ApiException as error:
+            body = await self.request("GET", SECRETS, namespace, secret)
+        except ApiError as error:
             if error.status == 404:
                 return ()
-            raise ApiException(status=error.status, reason=error.reason) from None  # no body, no key
-        data = body.get("data") or {}
+            raise ApiError(status=error.status, reason=error.reason) from None  # no body, no key
+        data = (body or {}).get("data") or {}
         keys = []
         for name in KEY_NAMES:
             try:
@@ -124,94 +129,76 @@ class Cluster:
                 keys.append(value)
         return tuple(keys)
 
-    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("_preload_content", False)
-        kwargs.setdefault("_request_timeout", self.request_timeout)
-
-        def call() -> None:
-            response = method(*args, **kwargs)
-            # Unread, a response keeps its connection checked out: every call would open a new one
-            # (a TLS handshake per write against a real apiserver).
-            response.drain_conn()
-            response.release_conn()
-
-        await asyncio.get_running_loop().run_in_executor(self._pool, call)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    async def aclose(self) -> None:
+        await self.api.close()
 
     # ------------------------------------------------------------------------------------ actions
     async def apply(self, namespace: str, endpoint: str, action: Action, post_event: Callable[..., None]) -> None:
         if isinstance(action, ApplyDeployment):
-            await self._call(self.apps.patch_namespaced_deployment, action.body["metadata"]["name"], namespace,
-                             action.body, **APPLY)
+            await self.request("PATCH", DEPLOYMENTS, namespace, action.body["metadata"]["name"], action.body,
+                               write=APPLY)
         elif isinstance(action, ScaleDeployment):
-            name = slot_object_name(endpoint, action.slot)
-            await self._call(self.apps.patch_namespaced_deployment, name, namespace,
-                             {"spec": {"replicas": action.replicas}}, **MERGE)
+            await self.request("PATCH", DEPLOYMENTS, namespace, slot_object_name(endpoint, action.slot),
+                               {"spec": {"replicas": action.replicas}}, write=MERGE)
         elif isinstance(action, HandOverReplicas):
             name = slot_object_name(endpoint, action.slot)
             body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": namespace},
                     "spec": {"replicas": action.replicas}}
-            await self._call(self.apps.patch_namespaced_deployment, name, namespace, body, **HANDOVER)
+            await self.request("PATCH", DEPLOYMENTS, namespace, name, body, write=HANDOVER)
         elif isinstance(action, ApplyAutoscaler):
-            await self._call(self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
-                             action.body["metadata"]["name"], namespace, action.body, **APPLY)
+            await self.request("PATCH", AUTOSCALERS, namespace, action.body["metadata"]["name"], action.body,
+                               write=APPLY)
         elif isinstance(action, DeleteAutoscaler):
             try:
-                await self._call(self.autoscaling.delete_namespaced_horizontal_pod_autoscaler,
-                                 slot_object_name(endpoint, action.slot), namespace)
-            except ApiException as error:
+                await self.request("DELETE", AUTOSCALERS, namespace, slot_object_name(endpoint, action.slot))
+            except ApiError as error:
                 if error.status != 404:  # gone already: what was asked
                     raise
         elif isinstance(action, ApplyDisruptionBudget):
-            await self._call(self.policy.patch_namespaced_pod_disruption_budget,
-                             action.body["metadata"]["name"], namespace, action.body, **APPLY)
+            await self.request("PATCH", DISRUPTION_BUDGETS, namespace, action.body["metadata"]["name"], action.body,
+                               write=APPLY)
         elif isinstance(action, CreateService):
-            await self._call(self.core.patch_namespaced_service, action.body["metadata"]["name"], namespace,
-                             action.body, **APPLY)
+            await self.request("PATCH", SERVICES, namespace, action.body["metadata"]["name"], action.body, write=APPLY)
         elif isinstance(action, SwitchTraffic):
-            await self._call(self.core.patch_namespaced_service, endpoint, namespace,
-                             [{"op": "replace", "path": "/spec/selector", "value": action.selector}], **JSON)
+            await self.request("PATCH", SERVICES, namespace, endpoint,
+                               [{"op": "replace", "path": "/spec/selector", "value": action.selector}], write=JSON)
         elif isinstance(action, CreateKeysSecret):
             owner = {"metadata": {"name": endpoint, "namespace": namespace, "uid": action.owner_uid}}
             body = render_keys_secret(owner, action.name,
                                       {name: secrets.token_urlsafe(KEY_BYTES) for name in KEY_NAMES})
             try:
-                await self._call(self.core.create_namespaced_secret, namespace, body, field_manager=FIELD_MANAGER)
-            except ApiException as error:
+                await self.request("POST", SECRETS, namespace, body=body)
+            except ApiError as error:
                 if error.status != 409:  # it exists: never overwrite a key someone rotated
-                    raise ApiException(status=error.status, reason=error.reason) from None
+                    raise ApiError(status=error.status, reason=error.reason) from None
         elif isinstance(action, ApplyRoute):
-            group, version, plural = HTTPROUTES
             try:
-                await self._call(self.custom.patch_namespaced_custom_object, group, version, namespace, plural,
-                                 action.body["metadata"]["name"], action.body, **APPLY)
-            except ApiException as error:
+                await self.request("PATCH", HTTPROUTES, namespace, action.body["metadata"]["name"], action.body,
+                                   write=APPLY)
+            except ApiError as error:
                 if error.status == 404:  # an apply creates: 404 is a resource the API does not serve
+                    group, version, plural = HTTPROUTES
                     raise GatewayAPIMissing(f"{group}/{version} {plural} is not served by this cluster") from error
                 raise
         elif isinstance(action, CreateJob):
             try:
-                await self._call(self.batch.create_namespaced_job, namespace, action.body, field_manager=FIELD_MANAGER)
-            except ApiException as error:
+                await self.request("POST", JOBS, namespace, body=action.body)
+            except ApiError as error:
                 if error.status != 409:  # made already (a pass that crashed before its status write)
                     raise
         elif isinstance(action, ApplyCronJob):
-            await self._call(self.batch.patch_namespaced_cron_job, action.body["metadata"]["name"], namespace,
-                             action.body, **APPLY)
+            await self.request("PATCH", CRONJOBS, namespace, action.body["metadata"]["name"], action.body,
+                               write=APPLY)
         elif isinstance(action, DeleteCronJob):
             try:
-                await self._call(self.batch.delete_namespaced_cron_job, action.name, namespace)
-            except ApiException as error:
+                await self.request("DELETE", CRONJOBS, namespace, action.name)
+            except ApiError as error:
                 if error.status != 404:  # gone already: what was asked
                     raise
         elif isinstance(action, DeleteRoute):
-            group, version, plural = HTTPROUTES
             try:
-                await self._call(self.custom.delete_namespaced_custom_object, group, version, namespace, plural,
-                                 action.name)
-            except ApiException as error:
+                await self.request("DELETE", HTTPROUTES, namespace, action.name)
+            except ApiError as error:
                 if error.status != 404:  # gone already (or HTTPRoutes not served): what was asked
                     raise
         elif isinstance(action, EmitEvent):
@@ -224,16 +211,14 @@ class Cluster:
         patch = [{"op": "test", "path": "/metadata/finalizers", "value": finalizers},
                  {"op": "replace", "path": "/metadata/finalizers", "value": [f for f in finalizers if f != finalizer]}]
         try:
-            await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
-                             patch, **JSON)
-        except ApiException as error:
+            await self.request("PATCH", ENDPOINTS, namespace, name, patch, write=JSON)
+        except ApiError as error:
             if error.status not in (404, 409, 422):  # gone, or changed: the next event tries again
                 raise
 
     # ------------------------------------------------------------------------------------- status
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        await self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
-                         {"status": patch}, **MERGE)
+        await self.request("PATCH", ENDPOINTS, namespace, name, {"status": patch}, subresource="status", write=MERGE)
 
 
 def merge_patch(old: Any, new: Any) -> Any:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import os
@@ -36,15 +35,14 @@ import secrets
 import signal
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
-from kubernetes.client import ApiClient, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
+from .client_config import as_connection
+from .kube_api import ApiError, KubeApi, api_path
 
 log = logging.getLogger("slotkeeper.leader")
 
@@ -191,36 +189,29 @@ class LeaseConflict(Exception):
 
 
 class LeaseStore:
-    """get/create/update of one Lease with the official client, in a small thread pool of its own
-    (the client is synchronous). The only place that talks to the API for the election. Bodies go
-    as plain JSON through the generic object API: the typed Lease model would re-serialise the
-    MicroTimes (and drop the fraction of a whole second, which the apiserver refuses)."""
+    """get/create/update of one Lease through the operator's own HTTP client (kube_api.py, no
+    official client in the operator process), on a session of its own: a renewal never waits behind
+    the reconcile loops' requests. The only place that talks to the API for the election. Bodies go as
+    plain JSON, the MicroTimes as written (with their fraction of a second, which the apiserver needs).
+    ``connection``: a ``kopf.ConnectionInfo`` (or an official client configuration, as tests hand in)."""
 
-    def __init__(self, api_client: ApiClient, namespace: str, name: str, timeout: float) -> None:
+    def __init__(self, connection: Any, namespace: str, name: str, timeout: float) -> None:
         self.namespace, self.name = namespace, name
-        self._api = CustomObjectsApi(api_client)
-        self._timeout = (min(timeout, 5.0), timeout)  # connect, read
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="slotkeeper-lease")
+        self._api = KubeApi(as_connection(connection), request_timeout=(min(timeout, 5.0), timeout),
+                            max_connections=2)
 
-    async def _call(self, method: Callable[..., Any], *args: Any) -> dict[str, Any]:
-        def call() -> dict[str, Any]:
-            response = method(*LEASES[:2], self.namespace, LEASES[2], *args, _preload_content=False,
-                              _request_timeout=self._timeout)
-            try:
-                return json.loads(response.data)
-            finally:
-                response.release_conn()
+    async def _call(self, method: str, name: str | None = None, body: Any = None) -> dict[str, Any]:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except ApiException as error:
+            return await self._api.request(method, api_path(*LEASES, namespace=self.namespace, name=name), body)
+        except ApiError as error:
             if error.status == 409:
                 raise LeaseConflict(error.reason) from None
-            raise ApiException(status=error.status, reason=error.reason) from None  # no body in logs
+            raise ApiError(status=error.status, reason=error.reason) from None  # no body in logs
 
     async def get(self) -> LeaseRecord | None:
         try:
-            return LeaseRecord.from_lease(await self._call(self._api.get_namespaced_custom_object, self.name))
-        except ApiException as error:
+            return LeaseRecord.from_lease(await self._call("GET", self.name))
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise
@@ -228,16 +219,16 @@ class LeaseStore:
     async def create(self, spec: Mapping[str, Any]) -> LeaseRecord:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": self.name},
                 "spec": dict(spec)}
-        return LeaseRecord.from_lease(await self._call(self._api.create_namespaced_custom_object, body))
+        return LeaseRecord.from_lease(await self._call("POST", body=body))
 
     async def update(self, record: LeaseRecord, spec: Mapping[str, Any]) -> LeaseRecord:
         """A PUT conditional on the resourceVersion ``record`` was read at."""
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": self.name, "resourceVersion": record.resource_version}, "spec": dict(spec)}
-        return LeaseRecord.from_lease(await self._call(self._api.replace_namespaced_custom_object, self.name, body))
+        return LeaseRecord.from_lease(await self._call("PUT", self.name, body))
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    async def close(self) -> None:
+        await self._api.close()
 
 
 # ------------------------------------------------------------------------------------ the elector
@@ -357,7 +348,7 @@ class LeaderElector:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, ApiException):
+    if isinstance(error, ApiError):
         return f"API error {error.status} {error.reason}"
     return type(error).__name__
 

@@ -28,6 +28,19 @@ class EndpointLoop:
     task: asyncio.Task[None] | None = None
 
 
+def kept_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a loop keeps of the endpoint between events: a copy without ``metadata.managedFields``.
+
+    The reconcile pass reads metadata, spec and status, and kopf.event the identity; managedFields
+    (one entry per field manager, the status fields slotkeeper writes among them) are often the
+    largest part of the object, and the watch body is kept for every endpoint, idle ones too."""
+    kept = dict(body)
+    meta = kept.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        kept["metadata"] = {key: value for key, value in meta.items() if key != "managedFields"}
+    return kept
+
+
 class EndpointLoops:
     """The running loops, one per endpoint, owned by the operator process (no finalizer needed)."""
 
@@ -44,6 +57,7 @@ class EndpointLoops:
     def seen(self, key: Key, body: Mapping[str, Any],
              run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> None:
         """The endpoint exists as ``body``: hand it to its loop (starting one if none runs) and wake it."""
+        body = kept_body(body)
         loop = self._loops.get(key)
         if loop is None or (loop.task is not None and loop.task.done()):
             loop = self._loops[key] = EndpointLoop(key=key, body=body)
@@ -83,6 +97,7 @@ class EndpointLoops:
 async def _stop(loop: EndpointLoop) -> None:
     """Ask the loop to finish its pass; cancel it if it does not within STOP_TIMEOUT_SECONDS."""
     loop.stopped.set()
+    loop.wakeup.set()  # a sleeping loop waits for wakeup only
     if loop.task is None or loop.task.done() or loop.task is asyncio.current_task():
         return
     done, _ = await asyncio.wait({loop.task}, timeout=STOP_TIMEOUT_SECONDS)

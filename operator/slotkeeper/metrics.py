@@ -17,14 +17,14 @@ The pure functions (``snapshot``, ``new_history``, ``revert_latency``, ``api_err
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
-import urllib3
+import aiohttp
 from aiohttp import web
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from .actions import Action, ApplyRoute, SwitchTraffic
 from .api import ModelEndpointStatus
 from .clock import parse_time
+from .kube_api import ApiError
 from .monitor import CONDITION as QUALITY_CONDITION
 from .observe import summarise_route
 from .render import LABEL_SLOT
@@ -130,10 +131,10 @@ def revert_latency(before: ModelEndpointStatus, action: Action, now: datetime) -
 
 def api_error_kind(error: BaseException) -> str:
     """A bounded name for an error of the API: the status code's Kubernetes reason, or Unreachable."""
-    if isinstance(error, ApiException):
+    if isinstance(error, ApiError):
         status = error.status or 0
         return ERROR_KINDS.get(status, "ServerError" if status >= 500 else "Other")
-    if isinstance(error, (urllib3.exceptions.HTTPError, OSError)):
+    if isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
         return "Unreachable"
     return "Other"
 
@@ -187,6 +188,11 @@ class OperatorMetrics:
     # Leader election sets this; standalone, the operator leads from the start.
     def set_leader(self, is_leader: bool) -> None:
         self.leader.set(1 if is_leader else 0)
+
+    def knows(self, key: Key) -> bool:
+        """Whether this endpoint's status was observed already (its series exist)."""
+        with self._lock:
+            return key in self._seen
 
     def observe_endpoint(self, key: Key, raw_status: Mapping[str, Any] | None, monitored: bool) -> None:
         """The endpoint's status as the watch shows it now: gauges, and counters of what is new."""

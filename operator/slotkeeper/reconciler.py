@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from .api import ModelEndpointSpec, ModelEndpointStatus
 from .cluster import Cluster, GatewayAPIMissing, merge_patch
+from .kube_api import ApiError
 from .conditions import set_condition
 from .clock import format_time
 from .checks.runner import CheckRunner
@@ -67,7 +67,7 @@ _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 LONG_QUOTE = 120
 
 
-def is_spec_error(error: ApiException) -> bool:
+def is_spec_error(error: ApiError) -> bool:
     if error.status in SPEC_ERRORS:
         return True
     return error.status == 500 and api_message(error).startswith(APPLY_SHAPE_ERROR)
@@ -77,7 +77,7 @@ class EndpointGone(Exception):
     """The endpoint's status cannot be written because the endpoint no longer exists."""
 
 
-def api_message(error: ApiException) -> str:
+def api_message(error: ApiError) -> str:
     """The apiserver's own words from a Status body (they name the field and the cause), whole, with
     any echoed object elided: it is long, and may hold values (env) that do not belong in status."""
     try:
@@ -107,8 +107,13 @@ class EndpointReconciler:
         """One pass. Returns the seconds until the next pass is due without any event."""
         meta = body.get("metadata", {})
         current_status = self.written_status if self.written_status is not None else dict(body.get("status") or {})
-        if self.metrics is not None:  # what the watch shows, not what this instance last wrote
-            self.metrics.observe_endpoint((self.namespace, self.name), body.get("status"),
+        # What the watch shows, not what this instance last wrote. A body without "status" is one whose
+        # watched status the loop already dropped after its own write (handlers.reconcile_endpoint, to
+        # save memory): no news, and not an empty status to count the history against again. A new
+        # endpoint has no status yet either: that one is news (Pending).
+        key = (self.namespace, self.name)
+        if self.metrics is not None and ("status" in body or not self.metrics.knows(key)):
+            self.metrics.observe_endpoint(key, body.get("status"),
                                           monitored=bool((body.get("spec") or {}).get("monitor")))
         try:
             spec = ModelEndpointSpec.model_validate(body.get("spec") or {})
@@ -128,7 +133,7 @@ class EndpointReconciler:
         for action in decision.actions:
             try:
                 await self.cluster.apply(self.namespace, self.name, action, self.post_event)
-            except ApiException as error:
+            except ApiError as error:
                 if not is_spec_error(error):  # only the spec can fix these, retrying cannot
                     raise
                 if self.metrics is not None:
@@ -166,7 +171,7 @@ class EndpointReconciler:
         if patch:
             try:
                 await self.cluster.patch_status(self.namespace, self.name, patch)
-            except ApiException as error:
+            except ApiError as error:
                 if error.status == 404:
                     raise EndpointGone(f"{self.namespace}/{self.name}") from error
                 raise

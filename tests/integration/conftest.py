@@ -17,7 +17,8 @@ old CRD); other CRDs: POST them to the API (they become served resources) or add
 apiserver's recorded answers by ``tests/contract`` (which also runs against a real cluster).
 For synchronous code or subprocesses: ``kmock_cluster.served_double()`` (own thread + kubeconfig).
 User-Agents tell the clients apart (for ``kmock.fail(..., lambda req: ...)`` or assertions):
-kopf ``kopf/1.45.2``, the official client ``OpenAPI-Generator/...``, ``k8s.*`` ``kmock/0.8 ...``.
+kopf ``kopf/1.45.2``, the operator's own requests ``slotkeeper/0.1.0`` (kube_api.py), the official client
+``OpenAPI-Generator/...`` (tests' own clients), ``k8s.*`` ``kmock/0.8 ...``.
 
 Facts (kopf 1.45.2, kmock 0.8). [V] = verified by a test in test_harness.py or an experiment;
 [S] = read from the source, not exercised.

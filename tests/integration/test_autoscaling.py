@@ -24,7 +24,7 @@ from slotkeeper.render import render_slot_deployment
 from slotkeeper.revision import revision_of
 from test_operator import FAST_CHECKS, NEW_MODEL, SLOT, selector, status
 
-OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
+OPERATOR_AGENTS = ("kopf/", "slotkeeper/")
 CPU = {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
 AUTOSCALED = {
     "model": {"name": "credit", "uri": "file:///models/credit/1/model.joblib"},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import sys
@@ -34,11 +35,14 @@ def write_kubeconfig(path: Path, url: str) -> Path:
     return path
 
 
-async def start_operator(tmp_path, kmock, *args: str, env: dict[str, str] | None = None):
+async def start_operator(tmp_path, kmock, *args: str, env: dict[str, str] | None = None,
+                         python: tuple[str, ...] = ()):
+    """``python``: interpreter options; given, the script runs as ``python <options> slotkeeper``."""
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url).rstrip("/"))
     log = (tmp_path / "operator.log").open("wb")
+    command = (sys.executable, *python, SCRIPT) if python else (SCRIPT,)
     process = await asyncio.create_subprocess_exec(
-        SCRIPT, "run", *args, "--kubeconfig", str(kubeconfig), stdout=log, stderr=asyncio.subprocess.STDOUT,
+        *command, "run", *args, "--kubeconfig", str(kubeconfig), stdout=log, stderr=asyncio.subprocess.STDOUT,
         env=env)
     return process, log
 
@@ -69,6 +73,28 @@ async def test_the_console_script_brings_an_endpoint_to_healthy_and_stops_on_sig
                              timeout=60, message="the endpoint Healthy, the operator still running")
     finally:
         await stop_operator(process, log, tmp_path)
+
+
+async def test_the_operator_process_never_loads_the_official_client_and_freezes_its_start_up(kmock, k8s, tmp_path):
+    """kopf imports the official client whenever it is installed (9 MiB); ``slotkeeper run`` hides
+    it (cli.official_client_hidden) and sends its own requests with aiohttp (kube_api.py). After
+    start-up it freezes what it imported out of the garbage collector's sight (handlers.configure),
+    and reconciling still works: the endpoint gets to Healthy."""
+    process, log = await start_operator(tmp_path, kmock, "--slot-access", "direct", python=("-X", "importtime"))
+    try:
+        async with deployment_controller(k8s):
+            await k8s.create_endpoint("credit", SPEC, namespace="default")
+            await eventually(lambda: process.returncode is None and status(k8s).get("phase") == "Healthy",
+                             timeout=60, message="the endpoint Healthy, the operator still running")
+    finally:
+        output = await stop_operator(process, log, tmp_path)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in output.splitlines() if line.startswith("import time:")]
+    assert "slotkeeper.handlers" in imported and "kopf" in imported  # -X importtime did list the imports
+    # (the hidden "kubernetes" and "kubernetes.client" are listed too, as failed lookups of a few µs)
+    loaded = [name for name in imported if name.startswith(("kubernetes.client.", "kubernetes.config", "urllib3"))]
+    assert loaded == [], f"the operator process loaded {loaded[:5]}"
+    frozen = re.search(r"start-up objects frozen out of the garbage collector's sight: (\d+)", output)
+    assert frozen and int(frozen.group(1)) > 10_000, output[-2000:]
 
 
 async def model_server(answers: list[dict]) -> aiohttp.web.AppRunner:

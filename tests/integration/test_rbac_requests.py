@@ -19,7 +19,7 @@ from test_canary import CANARY, promote
 from test_operator import FAST_CHECKS, NEW_MODEL, status
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
-OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf's own client, the official client
+OPERATOR_AGENTS = ("kopf/", "slotkeeper/")  # kopf's own client, the operator's (kube_api.py)
 
 
 def verb(request) -> str:
@@ -155,7 +155,7 @@ async def test_every_lease_request_of_an_election_is_allowed_by_the_leader_elect
         await asyncio.wait_for(following, timeout=10)  # takes the released Lease over
     finally:
         for store in stores:
-            store.close()
+            await store.close()
 
     leases = [r for r in list(kmock) if r.resource is not None and r.resource.plural == "leases"]
     assert {r.namespace for r in leases} == {"default"}

@@ -1,113 +1,78 @@
-"""What the cluster layer sends to the apiserver for each action: the client method, its arguments, the
-body, the patch content type and the field manager (server-side apply with ``force``; merge patches of a
-single number; a JSON patch that replaces the selector), and the finalizer removal guarded by a ``test``
-op. The official client's API objects are replaced by recorders; what the apiserver does with these
-requests is pinned by tests/contract/."""
+"""What the cluster layer sends to the apiserver for each action: the method, the API path, the body,
+the patch content type and the query parameters (server-side apply with ``force`` and slotkeeper's
+field manager; merge patches of a single number; a JSON patch that replaces the selector), and the
+finalizer removal guarded by a ``test`` op. The HTTP client is replaced by a recorder; what the
+apiserver does with these requests is pinned by tests/contract/, the HTTP client by test_kube_api.py."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any
 
+import kopf
 import pytest
-from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api, CustomObjectsApi
-from kubernetes.client.exceptions import ApiException
 
 from slotkeeper.actions import ApplyDeployment, CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
 from slotkeeper.cluster import Cluster, merge_patch
+from slotkeeper.kube_api import ApiError, KubeApi
 
 DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment",
               "metadata": {"name": "credit-green", "namespace": "ml", "labels": {"slotkeeper.io/slot": "green"}},
               "spec": {"replicas": 3}}
 SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "credit-blue", "namespace": "ml"},
            "spec": {"selector": {"slotkeeper.io/endpoint": "credit", "slotkeeper.io/slot": "blue"}}}
-APPLY = {"_content_type": "application/apply-patch+yaml", "field_manager": "slotkeeper", "force": True}
-MERGE = {"_content_type": "application/merge-patch+json", "field_manager": "slotkeeper"}
-JSON_PATCH = {"_content_type": "application/json-patch+json", "field_manager": "slotkeeper"}
-# Every call: the raw response (never deserialised) and the operator's own timeouts.
-RAW = {"_preload_content": False, "_request_timeout": (5, 30)}
+APPLY = {"content_type": "application/apply-patch+yaml", "params": {"fieldManager": "slotkeeper", "force": "true"}}
+MERGE = {"content_type": "application/merge-patch+json", "params": {"fieldManager": "slotkeeper"}}
+JSON_PATCH = {"content_type": "application/json-patch+json", "params": {"fieldManager": "slotkeeper"}}
 
 
-class Response:
-    """The urllib3 response a ``_preload_content=False`` call returns."""
+class RecordingApi(KubeApi):
+    """The HTTP client, recording (method, path, body, options) instead of sending."""
 
-    def __init__(self) -> None:
-        self.drained = self.released = False
+    def __init__(self, error: ApiError | None = None) -> None:
+        super().__init__(kopf.ConnectionInfo(server="https://apiserver.example"))
+        self.calls: list[tuple] = []
+        self.error = error
 
-    def drain_conn(self) -> None:
-        self.drained = True
-
-    def release_conn(self) -> None:
-        assert self.drained, "released before the body was read: the connection cannot be reused"
-        self.released = True
-
-
-class Recorder:
-    """Stands in for one of the client's API objects: records (method, args, kwargs, thread name)."""
-
-    def __init__(self, calls: list, error: ApiException | None = None) -> None:
-        self.calls, self.error = calls, error
-        self.responses: list[Response] = []
-
-    def __getattr__(self, method: str):
-        def call(*args: Any, **kwargs: Any) -> Response:
-            self.calls.append((method, args, kwargs, threading.current_thread().name))
-            if self.error is not None:
-                raise self.error
-            response = Response()
-            self.responses.append(response)
-            return response
-        return call
+    async def request(self, method: str, path: str, body: Any = None, **options: Any) -> Any:
+        self.calls.append((method, path, body, options))
+        if self.error is not None:
+            raise self.error
+        return None
 
 
-def recording_cluster(error: ApiException | None = None) -> tuple[Cluster, list]:
-    cluster = Cluster(ApiClient(Configuration()))
-    calls: list = []
-    cluster.apps = Recorder(calls, error)
-    cluster.core = Recorder(calls, error)
-    cluster.custom = Recorder(calls, error)
-    return cluster, calls
+def recording_cluster(error: ApiError | None = None) -> tuple[Cluster, list]:
+    api = RecordingApi(error)
+    return Cluster(api), api.calls
 
 
-def sent(calls: list) -> list[tuple]:
-    """The calls without the thread names."""
-    return [(method, args, kwargs) for method, args, kwargs, _ in calls]
-
-
-async def apply(action, error: ApiException | None = None) -> tuple[list, list]:
+async def apply(action, error: ApiError | None = None) -> tuple[list, list]:
     cluster, calls = recording_cluster(error)
     events: list = []
-    try:
-        await cluster.apply("ml", "credit", action, lambda **event: events.append(event))
-    finally:
-        cluster.close()
-    return sent(calls), events
+    await cluster.apply("ml", "credit", action, lambda **event: events.append(event))
+    return calls, events
 
 
 async def test_a_deployment_is_server_side_applied_under_its_own_name_with_force():
     calls, events = await apply(ApplyDeployment(slot="green", body=DEPLOYMENT))
-    assert calls == [("patch_namespaced_deployment", ("credit-green", "ml", DEPLOYMENT), {**APPLY, **RAW})]
+    assert calls == [("PATCH", "/apis/apps/v1/namespaces/ml/deployments/credit-green", DEPLOYMENT, APPLY)]
     assert events == []
 
 
 async def test_a_scale_is_a_merge_patch_of_the_replica_count_of_the_slot_deployment():
     calls, _ = await apply(ScaleDeployment(slot="blue", replicas=0))
-    assert calls == [("patch_namespaced_deployment", ("credit-blue", "ml", {"spec": {"replicas": 0}}),
-                      {**MERGE, **RAW})]
+    assert calls == [("PATCH", "/apis/apps/v1/namespaces/ml/deployments/credit-blue", {"spec": {"replicas": 0}}, MERGE)]
 
 
 async def test_a_service_is_server_side_applied_under_its_own_name_with_force():
     calls, _ = await apply(CreateService(body=SERVICE))
-    assert calls == [("patch_namespaced_service", ("credit-blue", "ml", SERVICE), {**APPLY, **RAW})]
+    assert calls == [("PATCH", "/api/v1/namespaces/ml/services/credit-blue", SERVICE, APPLY)]
 
 
 async def test_the_traffic_switch_replaces_the_endpoint_selector_with_a_json_patch():
     both = {"slotkeeper.io/endpoint": "credit"}
     calls, _ = await apply(SwitchTraffic(selector=both))
-    assert calls == [("patch_namespaced_service",
-                      ("credit", "ml", [{"op": "replace", "path": "/spec/selector", "value": both}]),
-                      {**JSON_PATCH, **RAW})]
+    assert calls == [("PATCH", "/api/v1/namespaces/ml/services/credit",
+                      [{"op": "replace", "path": "/spec/selector", "value": both}], JSON_PATCH)]
 
 
 async def test_an_event_is_posted_with_its_type_reason_and_message_and_nothing_is_sent():
@@ -117,8 +82,8 @@ async def test_an_event_is_posted_with_its_type_reason_and_message_and_nothing_i
 
 
 async def test_errors_of_a_write_reach_the_reconcile_loop():
-    refused = ApiException(status=409, reason="Conflict")
-    with pytest.raises(ApiException) as raised:
+    refused = ApiError(status=409, reason="Conflict")
+    with pytest.raises(ApiError) as raised:
         await apply(ScaleDeployment(slot="blue", replicas=2), error=refused)
     assert raised.value is refused
 
@@ -126,59 +91,28 @@ async def test_errors_of_a_write_reach_the_reconcile_loop():
 async def test_the_status_is_a_merge_patch_of_the_status_subresource():
     cluster, calls = recording_cluster()
     await cluster.patch_status("ml", "credit", {"phase": "Healthy", "rollout": None})
-    cluster.close()
-    assert sent(calls) == [("patch_namespaced_custom_object_status",
-                            ("slotkeeper.io", "v1alpha1", "ml", "modelendpoints", "credit",
-                             {"status": {"phase": "Healthy", "rollout": None}}), {**MERGE, **RAW})]
+    assert calls == [("PATCH", "/apis/slotkeeper.io/v1alpha1/namespaces/ml/modelendpoints/credit/status",
+                      {"status": {"phase": "Healthy", "rollout": None}}, MERGE)]
 
 
-async def test_each_response_is_read_and_its_connection_released():
-    cluster, calls = recording_cluster()
-    await cluster.apply("ml", "credit", ScaleDeployment(slot="blue", replicas=1), lambda **_: None)
-    await cluster.patch_status("ml", "credit", {"phase": "Healthy"})
-    cluster.close()
-    responses = cluster.apps.responses + cluster.custom.responses
-    assert len(responses) == 2 and all(r.drained and r.released for r in responses)
+def test_a_cluster_from_credentials_sends_with_them_and_the_default_timeouts():
+    info = kopf.ConnectionInfo(server="https://apiserver.example", token="t")
+    cluster = Cluster(info)
+    assert isinstance(cluster.api, KubeApi) and cluster.connection is info
+    assert (cluster.request_timeout, cluster.api.max_connections) == ((5, 30), 8)
+    custom = Cluster(info, max_workers=2, request_timeout=(1, 3))
+    assert (custom.request_timeout, custom.api.max_connections) == ((1, 3), 2)
 
 
-async def test_calls_run_in_the_operators_own_worker_threads_not_on_the_event_loop():
-    cluster, calls = recording_cluster()
-    await cluster.patch_status("ml", "credit", {"phase": "Healthy"})
-    cluster.close()
-    ((*_, thread),) = calls
-    assert thread.startswith("slotkeeper-api") and thread != threading.current_thread().name
-
-
-async def test_timeouts_and_preloading_given_by_the_caller_are_kept():
-    cluster, calls = recording_cluster()
-    await cluster._call(cluster.custom.get_thing, "x", _request_timeout=(1, 2), _preload_content=True)
-    cluster.close()
-    assert sent(calls) == [("get_thing", ("x",), {"_request_timeout": (1, 2), "_preload_content": True})]
-
-
-def test_the_client_objects_share_the_given_api_client_and_the_default_timeouts():
-    api_client = ApiClient(Configuration())
-    cluster = Cluster(api_client)
-    try:
-        assert cluster.api_client is api_client
-        assert cluster.request_timeout == (5, 30)
-        assert isinstance(cluster.core, CoreV1Api) and cluster.core.api_client is api_client
-        assert isinstance(cluster.apps, AppsV1Api) and cluster.apps.api_client is api_client
-        assert isinstance(cluster.custom, CustomObjectsApi) and cluster.custom.api_client is api_client
-        assert cluster._pool._max_workers == 8
-    finally:
-        cluster.close()
-    custom = Cluster(api_client, max_workers=2, request_timeout=(1, 3))
-    custom.close()
-    assert (custom._pool._max_workers, custom.request_timeout) == (2, (1, 3))
-
-
-def test_close_neither_waits_for_running_calls_nor_runs_queued_ones():
-    cluster = Cluster(ApiClient(Configuration()))
-    shutdowns = []
-    cluster._pool = type("Pool", (), {"shutdown": lambda self, **kwargs: shutdowns.append(kwargs)})()
-    cluster.close()
-    assert shutdowns == [{"wait": False, "cancel_futures": True}]
+def test_a_cluster_from_an_official_client_configuration_takes_its_server_and_token():
+    """How tests hand in their API double (memo.kube_config); the official client is not needed for it."""
+    configuration = type("Configuration", (), {
+        "host": "http://127.0.0.1:1234", "ssl_ca_cert": None, "verify_ssl": True, "username": "", "password": "",
+        "cert_file": None, "key_file": None,
+        "get_api_key_with_prefix": lambda self, key: "Bearer abc" if key == "BearerToken" else None})()
+    cluster = Cluster(configuration)
+    assert (cluster.connection.server, cluster.connection.token, cluster.connection.scheme) == \
+        ("http://127.0.0.1:1234", "abc", "Bearer")
 
 
 # ------------------------------------------------------------------------------ remove_finalizer
@@ -189,29 +123,24 @@ FINALIZERS = ["other.io/keep", "slotkeeper.io/cleanup", "later.io/keep"]
 async def test_the_finalizer_is_removed_by_a_json_patch_that_first_tests_the_list_it_was_read_with():
     cluster, calls = recording_cluster()
     await cluster.remove_finalizer("ml", "credit", FINALIZERS, "slotkeeper.io/cleanup")
-    cluster.close()
-    assert sent(calls) == [("patch_namespaced_custom_object",
-                            ("slotkeeper.io", "v1alpha1", "ml", "modelendpoints", "credit",
-                             [{"op": "test", "path": "/metadata/finalizers", "value": FINALIZERS},
-                              {"op": "replace", "path": "/metadata/finalizers",
-                               "value": ["other.io/keep", "later.io/keep"]}]),
-                            {**JSON_PATCH, **RAW})]
+    assert calls == [("PATCH", "/apis/slotkeeper.io/v1alpha1/namespaces/ml/modelendpoints/credit",
+                      [{"op": "test", "path": "/metadata/finalizers", "value": FINALIZERS},
+                       {"op": "replace", "path": "/metadata/finalizers", "value": ["other.io/keep", "later.io/keep"]}],
+                      JSON_PATCH)]
 
 
 @pytest.mark.parametrize("status", [404, 409, 422], ids=["gone", "conflict", "list-changed"])
 async def test_a_vanished_endpoint_or_a_changed_list_is_left_to_the_next_event(status):
-    cluster, calls = recording_cluster(ApiException(status=status))
+    cluster, calls = recording_cluster(ApiError(status=status))
     await cluster.remove_finalizer("ml", "credit", FINALIZERS, "slotkeeper.io/cleanup")
-    cluster.close()
     assert len(calls) == 1
 
 
 @pytest.mark.parametrize("status", [400, 403, 405, 408, 410, 421, 423, 429, 500, 503])
 async def test_other_refusals_of_the_finalizer_removal_are_raised(status):
-    cluster, _ = recording_cluster(ApiException(status=status))
-    with pytest.raises(ApiException):
+    cluster, _ = recording_cluster(ApiError(status=status))
+    with pytest.raises(ApiError):
         await cluster.remove_finalizer("ml", "credit", FINALIZERS, "slotkeeper.io/cleanup")
-    cluster.close()
 
 
 # ----------------------------------------------------------------------------------- merge_patch
@@ -240,5 +169,16 @@ async def test_an_action_without_its_io_is_a_type_error_naming_it():
     cluster, calls = recording_cluster()
     with pytest.raises(TypeError, match="unknown action 'Teleport'"):
         await cluster.apply("ml", "credit", "Teleport", lambda **_: None)
-    cluster.close()
     assert calls == []
+
+
+async def test_reads_and_deletes_carry_no_field_manager():
+    from slotkeeper.actions import DeleteAutoscaler
+
+    calls, _ = await apply(DeleteAutoscaler(slot="green"))
+    assert calls == [("DELETE", "/apis/autoscaling/v2/namespaces/ml/horizontalpodautoscalers/credit-green", None,
+                      {"content_type": "application/json", "params": None})]
+    cluster, calls = recording_cluster()
+    assert await cluster.read_keys("ml", "credit-keys") == ()
+    assert calls == [("GET", "/api/v1/namespaces/ml/secrets/credit-keys", None,
+                      {"content_type": "application/json", "params": None})]

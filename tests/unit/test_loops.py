@@ -110,3 +110,84 @@ async def test_a_stopping_loop_counts_as_running_until_its_pass_ends_and_a_new_o
     await stopping
     await loops.stop_all()
     assert KEY not in loops
+
+
+async def test_a_loop_keeps_the_endpoint_without_its_managed_fields():
+    """Kept for every endpoint between events: managedFields are often most of the object."""
+    passes: list = []
+
+    async def run(key, loop):
+        passes.append(loop.body)
+
+    loops = EndpointLoops()
+    body = {"apiVersion": "slotkeeper.io/v1alpha1", "kind": "ModelEndpoint", "spec": {"model": {"name": "m"}},
+            "metadata": {"name": "credit", "uid": "u1", "annotations": {"a": "b"},
+                         "managedFields": [{"manager": "slotkeeper", "fieldsV1": {"f:status": {}}}]},
+            "status": {"phase": "Healthy"}}
+    loops.seen(KEY, body, run)
+    await asyncio.sleep(0)
+    await loops.stop_all()
+    assert passes == [{"apiVersion": "slotkeeper.io/v1alpha1", "kind": "ModelEndpoint", "spec": {"model": {"name": "m"}},
+                       "metadata": {"name": "credit", "uid": "u1", "annotations": {"a": "b"}},
+                       "status": {"phase": "Healthy"}}]
+    assert "managedFields" in body["metadata"]  # the watch's own body is not changed
+
+
+# ------------------------------------------------- handlers: the sleep between passes, what is kept
+
+
+async def test_a_sleeping_loop_wakes_on_an_event_on_its_stop_or_when_its_delay_is_over():
+    from slotkeeper.handlers import _sleep
+    from slotkeeper.loops import EndpointLoop, _stop
+
+    loop = EndpointLoop(key=KEY, body={})
+    sleeping = asyncio.create_task(_sleep(loop, 60))
+    await asyncio.sleep(0)
+    loop.wakeup.set()  # an event about the endpoint
+    await asyncio.wait_for(sleeping, 1)
+
+    loop.wakeup.clear()
+    sleeping = asyncio.create_task(_sleep(loop, 60))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(_stop(loop), 1)  # no task of its own to wait for: the sleep must end by itself
+    await asyncio.wait_for(sleeping, 1)
+    assert loop.stopped.is_set()
+
+    loop.wakeup.clear()
+    await asyncio.wait_for(_sleep(loop, 0.01), 1)  # nothing happens: the delay ends it
+
+
+async def test_once_its_status_is_written_a_loop_keeps_the_endpoint_without_the_watchs_status(monkeypatch):
+    """The passes read their own last status write (the watch may lag behind it): the watch's copy
+    of status is not kept for an idle endpoint."""
+    from slotkeeper import handlers
+
+    bodies = []
+
+    class Reconciler:
+        def __init__(self, **_):
+            self.written_status, self.writes_done, self.namespace, self.name = None, 0, *KEY
+            self.metrics = None  # as without an OperatorMetrics
+
+        async def reconcile(self, body, sources):
+            bodies.append(dict(body))
+            self.written_status = {"phase": "Healthy"}
+            return 60.0
+
+    monkeypatch.setattr(handlers, "EndpointReconciler", Reconciler)
+    monkeypatch.setattr(handlers, "CheckRunner", lambda *_, **__: None)
+    memo = type("Memo", (), {"cluster": type("Cluster", (), {"read_keys": None})(), "http": None,
+                             "slot_access": None, "retry_backoff": 0.5})()
+    loops = EndpointLoops()
+    body = {"metadata": {"name": "credit"}, "spec": {}, "status": {"phase": "Progressing"}}
+
+    async def run(key, loop):
+        await handlers.reconcile_endpoint(key, loop, memo, *({} for _ in range(6)))
+
+    loops.seen(KEY, body, run)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    (loop,) = loops._loops.values()
+    assert bodies == [body]  # the first pass had the watch's status
+    assert loop.body == {"metadata": {"name": "credit"}, "spec": {}}
+    await loops.stop_all()

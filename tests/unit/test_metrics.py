@@ -3,18 +3,19 @@ from the text exposition as Prometheus parses it."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import aiohttp
 import pytest
-import urllib3
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from slotkeeper.actions import ApplyRoute, ScaleDeployment, SwitchTraffic
 from slotkeeper.api import ModelEndpointStatus
+from slotkeeper.kube_api import ApiError
 from slotkeeper.metrics import OperatorMetrics, api_error_kind, parse_bind_address
 from slotkeeper.reconciler import EndpointReconciler
 from slotkeeper.render import LABEL_ENDPOINT, LABEL_SLOT
@@ -202,10 +203,11 @@ def test_a_route_revert_ends_when_the_route_gives_stable_all_traffic():
 
 
 @pytest.mark.parametrize(("error", "kind"), [
-    (ApiException(status=409, reason="Conflict"), "Conflict"),
-    (ApiException(status=422, reason="Unprocessable Entity"), "Invalid"),
-    (ApiException(status=502, reason="Bad Gateway"), "ServerError"),
-    (urllib3.exceptions.ReadTimeoutError(None, "/api", "read timed out"), "Unreachable"),
+    (ApiError(status=409, reason="Conflict"), "Conflict"),
+    (ApiError(status=422, reason="Unprocessable Entity"), "Invalid"),
+    (ApiError(status=502, reason="Bad Gateway"), "ServerError"),
+    (asyncio.TimeoutError(), "Unreachable"),
+    (aiohttp.ClientConnectionError("refused"), "Unreachable"),
     (ConnectionRefusedError(), "Unreachable"),
     (ValueError("a bug"), "Other"),
 ])
@@ -218,7 +220,7 @@ def test_passes_by_result_and_api_errors_by_kind():
     assert value(metrics, "slotkeeper_reconcile_passes_total", result="error") == 0  # there before any error
     metrics.pass_finished()
     metrics.pass_finished()
-    metrics.pass_finished(ApiException(status=409, reason="Conflict"))
+    metrics.pass_finished(ApiError(status=409, reason="Conflict"))
     metrics.pass_finished(ValueError("a bug"))
     assert value(metrics, "slotkeeper_reconcile_passes_total", result="success") == 2
     assert value(metrics, "slotkeeper_reconcile_passes_total", result="error") == 2
@@ -305,3 +307,15 @@ async def test_an_object_the_api_refuses_counts_as_an_invalid_api_error():
                               post_event=lambda **_: None, metrics=metrics)
     await loop.reconcile(BODY, NOTHING)
     assert value(metrics, "slotkeeper_api_errors_total", kind="Invalid") == 1
+
+
+async def test_a_pass_on_a_body_whose_watched_status_was_dropped_counts_nothing_again():
+    """The loop drops the watch's status after its own write (memory); that body is no news."""
+    metrics = OperatorMetrics()
+    loop, _ = reconciler(RecordingCluster(), metrics=metrics)
+    await loop.reconcile(body(), NOTHING)
+    await loop.reconcile(body(status=loop.written_status), NOTHING)
+    dropped = {k: v for k, v in body(status=loop.written_status).items() if k != "status"}
+    await loop.reconcile(dropped, NOTHING)
+    assert value(metrics, "slotkeeper_endpoints", phase="Progressing") == 1
+    assert value(metrics, "slotkeeper_endpoints", phase="Pending") == 0

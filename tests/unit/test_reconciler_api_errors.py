@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from kubernetes.client.exceptions import ApiException
+from slotkeeper.kube_api import ApiError
 
 from slotkeeper.actions import ApplyDeployment
 from slotkeeper.reconciler import EndpointGone, EndpointReconciler, ObservedSources, api_message
@@ -31,8 +31,8 @@ BODY = {"metadata": {"name": "credit", "namespace": "ml", "uid": "u1", "generati
 NOTHING = ObservedSources(deployments=[], pods=[], services={})
 
 
-def api_error(status: int, body: dict) -> ApiException:
-    error = ApiException(status=status, reason=body.get("reason"))
+def api_error(status: int, body: dict) -> ApiError:
+    error = ApiError(status=status, reason=body.get("reason"))
     error.body = json.dumps(body)
     return error
 
@@ -40,7 +40,7 @@ def api_error(status: int, body: dict) -> ApiException:
 class RefusingCluster:
     """The cluster layer, refusing every Deployment write with ``error``."""
 
-    def __init__(self, error: ApiException | None = None, status_error: ApiException | None = None) -> None:
+    def __init__(self, error: ApiError | None = None, status_error: ApiError | None = None) -> None:
         self.error, self.status_error = error, status_error
         self.status_patches: list[dict] = []
 
@@ -84,7 +84,7 @@ async def test_a_refused_object_marks_the_endpoint_degraded_with_the_cause(statu
 async def test_other_refusals_are_raised_for_a_retry(status):
     cluster = RefusingCluster(api_error(status, {"reason": "Whatever", "code": status}))
     reconciler = EndpointReconciler(namespace="ml", name="credit", cluster=cluster, post_event=lambda **_: None)
-    with pytest.raises(ApiException):
+    with pytest.raises(ApiError):
         await reconciler.reconcile(BODY, NOTHING)
     assert cluster.status_patches == []
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from kubernetes.client.exceptions import ApiException
+from slotkeeper.kube_api import ApiError
 from pydantic import ValidationError
 
 from slotkeeper.actions import ApplyDeployment, CreateService, EmitEvent, ScaleDeployment
@@ -270,6 +270,6 @@ def test_a_quoted_value_up_to_120_characters_is_kept_a_longer_one_is_elided_whol
 
 @pytest.mark.parametrize("raw", ["<html>gateway timeout</html>", None, ""])
 def test_without_a_status_body_the_http_reason_is_the_message(raw):
-    error = ApiException(status=504, reason="Gateway Timeout")
+    error = ApiError(status=504, reason="Gateway Timeout")
     error.body = raw
     assert api_message(error) == "Gateway Timeout"

@@ -26,9 +26,9 @@ forward the request (no ready endpoints, dial error, pod without an address, 403
 :func:`apiserver_refusal` tells the second kind apart, so it is reported like a connection error
 and never read as the model's answer or the pod's metrics.
 
-Credentials: the bearer token (refreshed through the client configuration's own hook, so exec
-plugins and rotating service-account tokens keep working), client certificates and the CA of the
-official ``kubernetes`` client's ``Configuration``. They travel only to the apiserver, per request
+Credentials: those of the operator's own requests (``slotkeeper run``: the ``kopf.ConnectionInfo``
+of kube_api.KubeApi, whose token a 401 renews), or of an official ``kubernetes`` client
+``Configuration`` (its bearer token refreshed through its own hook): client certificates, the CA. They travel only to the apiserver, per request
 (never as session defaults, so Prometheus and web checks never see them), redirects are not
 followed, and no repr or message contains them.
 """
@@ -279,6 +279,15 @@ class ApiServerProxy:
             proxy_headers=getattr(configuration, "proxy_headers", None) if proxy else None,
         )
 
+    @classmethod
+    def from_kube_api(cls, api: Any) -> ApiServerProxy:
+        """From the operator's :class:`~slotkeeper.kube_api.KubeApi`: its ``kopf.ConnectionInfo`` (server,
+        CA, client certificate, token, proxy), read per request so a token it renewed is used."""
+        info = api.connection
+        https = urlsplit(info.server).scheme == "https"
+        return cls(info.server, credentials=lambda: api.connection.as_http_headers(),
+                   ssl_context=info.as_ssl_context() if https else True, proxy=info.proxy_url or None)
+
     def __repr__(self) -> str:
         return f"ApiServerProxy(server={self.server!r})"
 
@@ -308,13 +317,15 @@ def make_slot_access(mode: str = AUTO, configuration: Any = None, *,
                      token_file: str = SERVICE_ACCOUNT_TOKEN) -> SlotAccess:
     """The access object for ``mode`` (one of :data:`MODES`; ``auto`` as :func:`detect_mode` decides).
 
-    ``configuration`` is the operator's ``kubernetes.client.Configuration``, needed for
+    ``configuration`` is the operator's ``KubeApi`` or a ``kubernetes.client.Configuration``, needed for
     ``apiserver-proxy``; ``slot_url`` replaces the slot Service URL in ``direct`` mode (tests)."""
     chosen = detect_mode(mode, environ, token_file)
     if chosen == DIRECT:
         return InCluster(slot_url) if slot_url is not None else InCluster()
     if configuration is None:
         raise ValueError("slot access through the apiserver proxy needs the Kubernetes client configuration")
+    if hasattr(configuration, "connection"):  # the operator's KubeApi (slotkeeper run)
+        return ApiServerProxy.from_kube_api(configuration)
     return ApiServerProxy.from_configuration(configuration)
 
 

@@ -1,0 +1,106 @@
+"""The operator's own HTTP client for the Kubernetes API: aiohttp, on the credentials kopf logs in with.
+
+Why not the official ``kubernetes`` client: for the handful of requests cluster.py sends it cost
+32 MiB of RSS before the first endpoint (96 -> 58 MiB with kopf's own import of it hidden too,
+benchmarks/operator/RESULTS.md), and its calls are synchronous (a thread pool per process). Here one
+aiohttp session (aiohttp is kopf's own transport, so it costs nothing extra) sends them from the
+event loop, authenticated from a :class:`kopf.ConnectionInfo` as kopf's watches are: the same
+server, CA, client certificate, token and proxy (``ConnectionInfo.as_ssl_context`` and
+``as_http_headers``).
+
+At most ``max_connections`` requests are under way at once (the others wait for a connection, as
+they waited for one of the official client's threads); the timeouts count from the request's own
+connection, not from the wait: to connect, and between two reads of the answer.
+
+A 401 logs in again once (``relogin``: a rotated service-account token or a refreshed kubeconfig
+token) and repeats the request. Every other error answer is an :class:`ApiError` carrying the status
+code, the reason and the body (the apiserver's Status), as ``kubernetes.client.ApiException`` did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import json
+from typing import Any, Callable, Mapping
+
+import aiohttp
+import kopf
+
+JSON = "application/json"
+try:
+    USER_AGENT = f"slotkeeper/{importlib.metadata.version('slotkeeper')}"
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+    USER_AGENT = "slotkeeper/unknown"
+
+
+class ApiError(Exception):
+    """An error answer of the apiserver: ``status`` (HTTP code), ``reason`` and ``body`` (its text)."""
+
+    def __init__(self, status: int = 0, reason: str | None = None, body: str | None = None) -> None:
+        super().__init__(f"({status}) Reason: {reason}")
+        self.status, self.reason, self.body = status, reason, body
+
+
+def api_path(group: str, version: str, plural: str, namespace: str | None = None, name: str | None = None,
+             subresource: str | None = None) -> str:
+    """``/api/v1/...`` for the core group (``group`` ""), ``/apis/<group>/<version>/...`` otherwise."""
+    parts = ["/api/v1" if not group else f"/apis/{group}/{version}"]
+    if namespace is not None:
+        parts.append(f"namespaces/{namespace}")
+    parts.append(plural)
+    if name is not None:
+        parts.append(name)
+    if subresource is not None:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+class KubeApi:
+    """Requests to one apiserver. The session is made in the running event loop on first use."""
+
+    def __init__(self, connection: kopf.ConnectionInfo, *, request_timeout: tuple[float, float] = (5, 30),
+                 max_connections: int = 8, relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
+        self.connection = connection
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self._relogin = relogin
+        self._session: aiohttp.ClientSession | None = None
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        info = self.connection
+        headers = {"User-Agent": USER_AGENT, **info.as_http_headers()}  # bearer token or basic auth
+        connect, read = self.request_timeout  # as urllib3's: to connect, and between bytes read
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=info.as_ssl_context()),
+            headers=headers, proxy=info.proxy_url, trust_env=info.trust_env,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read),
+        )
+
+    async def request(self, method: str, path: str, body: Any = None, *, content_type: str = JSON,
+                      params: Mapping[str, str] | None = None) -> Any:
+        """The parsed JSON answer (None when empty); an error answer raises :class:`ApiError`."""
+        data = json.dumps(body) if body is not None else None
+        for attempt in (1, 2):
+            if self._session is None:
+                self._session = self._new_session()
+            async with self._session.request(method, self.connection.server.rstrip("/") + path, data=data,
+                                             params=params, headers={"Content-Type": content_type}) as response:
+                text = await response.text()
+                if response.status == 401 and attempt == 1 and self._relogin is not None:
+                    await self._renew()
+                    continue
+                if response.status >= 400:
+                    raise ApiError(status=response.status, reason=response.reason, body=text)
+                return json.loads(text) if text else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _renew(self) -> None:
+        assert self._relogin is not None
+        self.connection = await asyncio.to_thread(self._relogin)
+        await self.close()
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
