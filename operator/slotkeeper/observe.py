@@ -162,6 +162,8 @@ class Observed:
     shown_route: Any = _SAME
     gateway_api_missing: bool = False  # the cluster does not serve HTTPRoutes
     jobs: tuple[JobSummary, ...] = ()  # the quality monitor's Jobs (batch/v1)
+    # Service name -> the number of its port named "grpc" (None: it has none), for every existing Service.
+    service_grpc_ports: Mapping[str, int | None] = field(default_factory=dict)
 
     def slot(self, name: str) -> SlotObservation:
         return self.slots.get(name) or SlotObservation(deployment=None)
@@ -182,7 +184,8 @@ class Observed:
         same = (None if selector is None else dict(selector)) == (None if shown is None else dict(shown))
         return Observed(slots=slots, endpoint_selector=selector, slot_services=slot_services,
                         shown_selector=_SAME if same else shown, route=self.route, shown_route=self.shown_route,
-                        gateway_api_missing=self.gateway_api_missing, jobs=self.jobs)
+                        gateway_api_missing=self.gateway_api_missing, jobs=self.jobs,
+                        service_grpc_ports=self.service_grpc_ports)
 
     def expecting_route(self, route: RouteSummary | None) -> Observed:
         """This world with a route write (None: a delete) the watches have not shown yet."""
@@ -265,6 +268,7 @@ def observe_endpoint(
     disruption_budgets: Iterable[DisruptionBudgetSummary] = (),
     route: RouteSummary | None = None,
     jobs: Iterable[JobSummary] = (),
+    service_grpc_ports: Mapping[str, int | None] | None = None,
 ) -> Observed:
     by_slot = {d.slot: d for d in deployments}
     hpas = {a.slot: a for a in autoscalers}
@@ -276,7 +280,15 @@ def observe_endpoint(
         for slot in {*by_slot, *hpas, *pdbs}
     }
     return Observed(slots=slots, endpoint_selector=endpoint_selector, slot_services=frozenset(slot_services),
-                    route=route, jobs=tuple(jobs))
+                    route=route, jobs=tuple(jobs), service_grpc_ports=dict(service_grpc_ports or {}))
+
+
+def service_grpc_port(spec: Mapping[str, Any]) -> int | None:
+    """The number of a Service's port named ``grpc`` (render.py names it so), None without one."""
+    for port in spec.get("ports") or []:
+        if isinstance(port, Mapping) and port.get("name") == "grpc" and isinstance(port.get("port"), int):
+            return port["port"]
+    return None
 
 
 def _parent_key(ref: Mapping[str, Any], namespace: str | None) -> tuple:
