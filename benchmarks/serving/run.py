@@ -236,7 +236,9 @@ def slotkeeper_server(name: str, root: Path, model: Path, *extra: str) -> Server
     serve = str(Path(sys.executable).with_name("slotkeeper-serve"))
     port = free_port()
     args = ["--model-uri", f"file://{model}", "--model-name", MODEL_NAME, "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", *extra]
+            "--port", str(port), "--log-level", "warning",
+            "--shutdown-delay-seconds", "0",  # no load balancer to wait for: stop at once
+            *extra]
     return Server(name, [serve, *args], port, env={"SLOTKEEPER_CACHE_DIR": str(root / f"cache-{port}")})
 
 
@@ -325,9 +327,12 @@ def start(server: Server, root: Path) -> None:
         )
 
 
-def stop(server: Server) -> None:
-    if server.process and server.process.poll() is None:
+def stop_all(servers: list[Server]) -> None:
+    """SIGTERM to every server's process group first, then wait for each (SIGKILL after 20 s)."""
+    running = [s for s in servers if s.process and s.process.poll() is None]
+    for server in running:
         os.killpg(server.process.pid, signal.SIGTERM)
+    for server in running:
         try:
             server.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -506,8 +511,11 @@ def measure(case: Case, concurrency: int, args: argparse.Namespace, root: Path) 
     return {**best, "attempts": len(attempts), "disturbed": best["foreign_cpu"] > args.max_foreign_cpu}
 
 
-def run_group(group: Group, args: argparse.Namespace, root: Path) -> list[dict]:
+def run_group(group: Group, args: argparse.Namespace, root: Path) -> tuple[list[dict], list[dict]]:
+    """(runs, failures): a server that dies or answers errors is left out of the rest of its group,
+    with the reason and its log's tail, instead of ending the whole benchmark."""
     runs: list[dict] = []
+    failures: dict[str, dict] = {}
     servers = group.servers
     log(f"== {group.name}: {group.title}")
     try:
@@ -524,16 +532,27 @@ def run_group(group: Group, args: argparse.Namespace, root: Path) -> list[dict]:
         for run in range(1, args.runs + 1):
             for c in args.concurrencies:
                 for case in group.cases:
-                    result = measure(case, c, args, root)
+                    if case.server.name in failures:
+                        continue
+                    try:
+                        result = measure(case, c, args, root)
+                    except RuntimeError as error:
+                        code = case.server.process.poll()
+                        failures[case.server.name] = {
+                            "group": group.name, "server": case.server.name, "concurrency": c, "run": run,
+                            "error": str(error)[:500], "exit_code": code,
+                            "log_tail": case.server.log.read_text(errors="replace")[-1500:],
+                        }
+                        log(f"  {case.label} c={c}: FAILED ({'exited ' + str(code) if code is not None else 'running'}): {str(error)[:200]}")
+                        continue
                     runs.append({"group": group.name, "server": case.label, "concurrency": c, "run": run, **result})
                     flag = "  (disturbed)" if result["disturbed"] else ""
                     log(
                         f"run {run} c={c:<3d} {case.label:32s} {result['rps']:>9,.0f} req/s  p50 {result['p50_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms  other CPU {result['foreign_cpu']:.1%}{flag}"
                     )
     finally:
-        for server in servers:
-            stop(server)
-    return runs
+        stop_all(servers)
+    return runs, list(failures.values())
 
 
 # ------------------------------------------------------------------------------------ results
@@ -657,8 +676,8 @@ def group_table(group: str, title: str, summary: dict, concurrencies: tuple[int,
     return [*lines, ""]
 
 
-def write_results(path_json: Path, path_md: Path, runs: list[dict], titles: dict[str, str], env: dict,
-                  args: argparse.Namespace, started: float) -> list[str]:
+def write_results(path_json: Path, path_md: Path, runs: list[dict], failures: list[dict], titles: dict[str, str],
+                  env: dict, args: argparse.Namespace, started: float) -> list[str]:
     summary = summaries(runs)
     checks = verdicts(summary)
     minutes = (time.monotonic() - started) / 60
@@ -678,6 +697,7 @@ def write_results(path_json: Path, path_md: Path, runs: list[dict], titles: dict
                     "wall_minutes": round(minutes, 1),
                 },
                 "runs": runs,
+                "failures": failures,
                 "summary": [{"group": g, "server": name, "concurrency": c, **values}
                             for (g, name, c), values in summary.items()],
                 "targets": checks,
@@ -704,6 +724,12 @@ def write_results(path_json: Path, path_md: Path, runs: list[dict], titles: dict
         *[f"- {line}" for line in checks],
         "",
     ]
+    if failures:
+        lines += ["Servers that failed during the run (left out of the rest of their group; logs in results.json):", ""]
+        lines += [f"- {f['group']} {f['server']} at c={f['concurrency']}, run {f['run']}:"
+                  f" {'exited ' + str(f['exit_code']) if f['exit_code'] is not None else 'still running'};"
+                  f" {f['error'].splitlines()[0][:160]}" for f in failures]
+        lines.append("")
     for group, title in titles.items():
         lines += group_table(group, title, summary, tuple(args.concurrencies))
     lines += [
@@ -777,13 +803,16 @@ def main() -> int:
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="slotkeeper-bench-"))
     runs: list[dict] = []
+    failures: list[dict] = []
     try:
         groups = build_groups(root, train_models(root), mlserver, include)
         for group in groups:
-            runs += run_group(group, args, root)
+            group_runs, group_failures = run_group(group, args, root)
+            runs += group_runs
+            failures += group_failures
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    checks = write_results(args.out.with_suffix(".json"), args.out.with_suffix(".md"), runs,
+    checks = write_results(args.out.with_suffix(".json"), args.out.with_suffix(".md"), runs, failures,
                            {g.name: g.title for g in groups}, environment(), args, started)
     log("")
     log(args.out.with_suffix(".md").read_text())

@@ -58,6 +58,8 @@ def accepts(array: np.ndarray, n_features: int) -> bool:
         and array.shape[0] > 0
         and array.dtype in FAST_DTYPES
         and array.flags.c_contiguous
+        # JSON cannot carry NaN or inf, binary tensor data can: predict refuses them (a 400), so must we.
+        and bool(np.isfinite(array).all())
     )
 
 
