@@ -78,9 +78,14 @@ def probe_inputs(n_features: int) -> list[np.ndarray]:
 
 def first_disagreement(estimator: Any, fast: FastPredict, n_features: int) -> str | None:
     """None if fast(X) equals estimator.predict(X) exactly on every probe, else what differed."""
+    return first_mismatch(estimator.predict, fast, n_features)
+
+
+def first_mismatch(reference: Callable[[np.ndarray], Any], fast: FastPredict, n_features: int) -> str | None:
+    """None if fast(X) equals reference(X) exactly (dtype, shape, bits) on every probe, else what differed."""
     for i, probe in enumerate(probe_inputs(n_features)):
         try:
-            expected = np.asarray(estimator.predict(probe))
+            expected = np.asarray(reference(probe))
         except Exception as exc:
             return f"predict failed on probe {i}: {type(exc).__name__}"
         got = fast(probe)

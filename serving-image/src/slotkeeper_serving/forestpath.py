@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .fastpath import _method, probe_inputs
+from .fastpath import _method, first_mismatch
 
 Lean = Callable[[np.ndarray], np.ndarray]
 LEAN_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
@@ -45,7 +45,7 @@ def compile_lean_outputs(estimator: Any, outputs: tuple[str, ...]) -> tuple[dict
     verified = {}
     for name in outputs:
         if name in lean:
-            mismatch = _first_disagreement(getattr(estimator, name), lean[name], estimator.n_features_in_)
+            mismatch = first_mismatch(getattr(estimator, name), lean[name], estimator.n_features_in_)
             if mismatch:
                 return {}, f"lean forest {name} disagreed ({mismatch}); using the estimator"
             verified[name] = _guarded(lean[name], getattr(estimator, name), estimator.n_features_in_)
@@ -65,22 +65,6 @@ def _guarded(lean: Lean, method: Callable[[np.ndarray], Any], n_features: int) -
         return method(X)
 
     return predict
-
-
-def _first_disagreement(method: Callable[[np.ndarray], Any], lean: Lean, n_features: int) -> str | None:
-    for i, probe in enumerate(probe_inputs(n_features)):
-        expected = np.asarray(method(probe))
-        got = np.asarray(lean(probe))
-        if got.dtype != expected.dtype or got.shape != expected.shape:
-            return f"probe {i}: {got.dtype}{got.shape} vs {expected.dtype}{expected.shape}"
-        same = (
-            np.array_equal(got.view(np.uint8), expected.view(np.uint8))
-            if got.dtype.kind == "f"
-            else np.array_equal(got, expected)
-        )
-        if not same:
-            return f"probe {i}: values differ"
-    return None
 
 
 def _compile(estimator: Any) -> dict[str, Lean]:
