@@ -259,7 +259,8 @@ def mlserver_server(name: str, root: Path, mlserver: Path, model: Path) -> Serve
         model_settings |= {"max_batch_size": 32, "max_batch_time": 0.002}
     (directory / "settings.json").write_text(json.dumps(settings))
     (directory / "model-settings.json").write_text(json.dumps(model_settings))
-    return Server(name, [str(mlserver), "start", str(directory)], port)
+    # cwd: MLServer keeps its metrics in ./.metrics, which must not land in the checkout.
+    return Server(name, [str(mlserver), "start", str(directory)], port, cwd=directory)
 
 
 def build_groups(root: Path, models: dict[str, Path], mlserver: Path | None, include: set[str]) -> list[Group]:
