@@ -1,7 +1,17 @@
--- wrk script: POST one v2 infer request (1 row x 4 features) and report a JSON summary line.
+-- wrk script: POST one v2 infer request and report a JSON summary line.
+-- Arguments (after `--`): the body file, its Content-Type, and the
+-- Inference-Header-Content-Length for a binary body ("" for JSON).
 wrk.method = "POST"
-wrk.body = '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP64","data":[0.35,-1.2,0.8,2.1]}]}'
-wrk.headers["Content-Type"] = "application/json"
+
+init = function(args)
+  local file = assert(io.open(args[1], "rb"))
+  wrk.body = file:read("*a")  -- Lua strings are 8-bit clean: binary tensors go as they are
+  file:close()
+  wrk.headers["Content-Type"] = args[2]
+  if args[3] and args[3] ~= "" then
+    wrk.headers["Inference-Header-Content-Length"] = args[3]
+  end
+end
 
 done = function(summary, latency, requests)
   local errors = summary.errors

@@ -43,6 +43,7 @@ from .render import (ANNOTATION_CONFIG, LABEL_SLOT, NO_SLOT, endpoint_url, rende
                      render_http_route, render_slot_autoscaler, render_slot_deployment, render_slot_disruption_budget,
                      render_slot_service, slot_selector)
 from .revision import revision_of
+from .service_ports import grpc_port_writes
 
 FIRST_SLOT = "blue"
 # While a rollout waits on the cluster, look again at least this often even without a watch event.
@@ -305,7 +306,8 @@ class _Step:
         selector = slot_selector(self.endpoint.name, None if slot == BOTH_SLOTS else slot)
         current = self.wanted_selector()
         if current is None:
-            self.actions.append(CreateService(render_endpoint_service(self.endpoint.owner, selector)))
+            self.actions.append(CreateService(render_endpoint_service(self.endpoint.owner, selector,
+                                                                      self.spec.serving.grpc_port)))
             return slot != NO_SLOT
         if dict(current) != selector:
             self.actions.append(SwitchTraffic(selector=selector))
@@ -322,7 +324,8 @@ def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gate
     step.update(observed_generation=endpoint.generation, url=endpoint_url(endpoint.name, endpoint.namespace))
     for slot in SLOTS:
         if slot not in observed.slot_services:
-            step.actions.append(CreateService(render_slot_service(endpoint.owner, slot)))
+            step.actions.append(CreateService(render_slot_service(endpoint.owner, slot,
+                                                                  endpoint.spec.serving.grpc_port)))
     _take_manual_actions(step)
 
     revision = revision_of(endpoint.spec)
@@ -339,6 +342,7 @@ def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gate
     decide_batch(step)
     _converge_slot_objects(step)
     _converge_route(step)
+    _converge_service_ports(step)
     _report_slots_and_traffic(step)
     _kstatus_conditions(step)
     _write_ahead(step, endpoint.status)
@@ -375,6 +379,14 @@ def _converge_route(step: _Step) -> None:
         step.actions.append(DeleteRoute(name=name))
         step.actions.append(EmitEvent("Normal", "RouteDeleted",
                                       f"HTTPRoute {name} deleted: the endpoint Service carries the traffic"))
+
+
+def _converge_service_ports(step: _Step) -> None:
+    """Existing Services get the ``grpc`` port spec.serving.grpcPort asks for, or lose it (service_ports.py)."""
+    applied = frozenset(a.body["metadata"]["name"] for a in step.actions if isinstance(a, CreateService))
+    step.actions += grpc_port_writes(step.endpoint.owner, step.spec.serving.grpc_port,
+                                     step.observed.service_grpc_ports, step.observed.slot_services,
+                                     step.wanted_selector(), applied)
 
 
 # Status fields that only report what is observed; everything else is what the operator remembers.

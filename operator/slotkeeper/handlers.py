@@ -32,8 +32,8 @@ from .cluster import Cluster
 from .kube_api import ApiError, KubeApi
 from .loops import EndpointLoop, EndpointLoops, Key
 from .metrics import OperatorMetrics, parse_bind_address, serve_metrics
-from .observe import (summarise_autoscaler, summarise_deployment, summarise_disruption_budget, summarise_job,
-                      summarise_pod, summarise_route)
+from .observe import (service_grpc_port, summarise_autoscaler, summarise_deployment, summarise_disruption_budget,
+                      summarise_job, summarise_pod, summarise_route)
 from .reconciler import EndpointGone, EndpointReconciler, ObservedSources
 from .render import LABEL_ENDPOINT, LABEL_MANAGED_BY, MANAGED_BY
 
@@ -152,7 +152,7 @@ async def slot_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: A
 
 @kopf.index("", "v1", "services", labels=OWNED)
 async def endpoint_services(namespace: str, name: str, labels: kopf.Labels, spec: kopf.Spec, **_: Any) -> dict:
-    return {(namespace, labels[LABEL_ENDPOINT]): (name, dict(spec.get("selector") or {}))}
+    return {(namespace, labels[LABEL_ENDPOINT]): (name, dict(spec.get("selector") or {}), service_grpc_port(spec))}
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED)
@@ -234,10 +234,12 @@ async def reconcile_endpoint(
     try:
         while not loop.stopped.is_set():
             loop.wakeup.clear()
+            services = list(endpoint_services.get(key, []))
             sources = ObservedSources(
                 deployments=list(slot_deployments.get(key, [])),
                 pods=list(slot_pods.get(key, [])),
-                services=dict(endpoint_services.get(key, [])),
+                services={service: selector for service, selector, _ in services},
+                service_grpc_ports={service: grpc_port for service, _, grpc_port in services},
                 autoscalers=list(slot_autoscalers.get(key, [])),
                 disruption_budgets=list(slot_disruption_budgets.get(key, [])),
                 routes=list(endpoint_routes.get(key, [])) if endpoint_routes is not None else [],

@@ -245,6 +245,8 @@ class Observed:
     gateway_api_missing: bool = False  # the cluster does not serve HTTPRoutes
     jobs: tuple[JobSummary, ...] = ()  # the quality monitor's Jobs and batch runs (batch/v1)
     batch_results: Mapping[str, BatchResult] = field(default_factory=dict)  # Job name -> its pod's summary
+    # Service name -> the number of its port named "grpc" (None: it has none), for every existing Service.
+    service_grpc_ports: Mapping[str, int | None] = field(default_factory=dict)
 
     def slot(self, name: str) -> SlotObservation:
         return self.slots.get(name) or SlotObservation(deployment=None)
@@ -266,7 +268,8 @@ class Observed:
         return Observed(slots=slots, endpoint_selector=selector, slot_services=slot_services,
                         shown_selector=_SAME if same else shown, route=self.route, shown_route=self.shown_route,
                         gateway_api_missing=self.gateway_api_missing, jobs=self.jobs,
-                        batch_results=self.batch_results)
+                        batch_results=self.batch_results,
+                        service_grpc_ports=self.service_grpc_ports)
 
     def expecting_route(self, route: RouteSummary | None) -> Observed:
         """This world with a route write (None: a delete) the watches have not shown yet."""
@@ -358,6 +361,7 @@ def observe_endpoint(
     disruption_budgets: Iterable[DisruptionBudgetSummary] = (),
     route: RouteSummary | None = None,
     jobs: Iterable[JobSummary] = (),
+    service_grpc_ports: Mapping[str, int | None] | None = None,
 ) -> Observed:
     by_slot = {d.slot: d for d in deployments}
     hpas = {a.slot: a for a in autoscalers}
@@ -374,7 +378,16 @@ def observe_endpoint(
             reported.setdefault(pod.job, []).append((pod.shard, pod.batch_result))
     results = {job: combine_results(shards) for job, shards in reported.items()}
     return Observed(slots=slots, endpoint_selector=endpoint_selector, slot_services=frozenset(slot_services),
-                    route=route, jobs=tuple(jobs), batch_results=results)
+                    route=route, jobs=tuple(jobs), batch_results=results,
+                    service_grpc_ports=dict(service_grpc_ports or {}))
+
+
+def service_grpc_port(spec: Mapping[str, Any]) -> int | None:
+    """The number of a Service's port named ``grpc`` (render.py names it so), None without one."""
+    for port in spec.get("ports") or []:
+        if isinstance(port, Mapping) and port.get("name") == "grpc" and isinstance(port.get("port"), int):
+            return port["port"]
+    return None
 
 
 def _parent_key(ref: Mapping[str, Any], namespace: str | None) -> tuple:

@@ -16,7 +16,7 @@ from typing import Callable
 from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, CreateService,
                       ApplyRoute, DeleteAutoscaler, DeleteRoute, ScaleDeployment, SwitchTraffic)
 from .observe import (DEFAULT_REPLICAS, AutoscalerSummary, DeploymentSummary, DisruptionBudgetSummary, Observed,
-                      RouteSummary, summarise_route,
+                      RouteSummary, service_grpc_port, summarise_route,
                       summarise_autoscaler, summarise_deployment, summarise_disruption_budget)
 
 EXPIRY_SECONDS = 30.0
@@ -29,6 +29,7 @@ class RecentWrites:
     deployments: dict[str, tuple[str | None, int, bool, float]] = field(default_factory=dict)
     selector: tuple[dict[str, str], float] | None = None
     services: dict[str, float] = field(default_factory=dict)  # slot Services created, by slot ("" = endpoint)
+    grpc_ports: dict[str, tuple[int | None, float]] = field(default_factory=dict)  # Service name -> grpc port applied
     # slot -> the autoscaler applied (None: deleted); slot -> the disruption budget applied
     autoscalers: dict[str, tuple[AutoscalerSummary | None, float]] = field(default_factory=dict)
     disruption_budgets: dict[str, tuple[DisruptionBudgetSummary, float]] = field(default_factory=dict)
@@ -69,6 +70,7 @@ class RecentWrites:
             self.route = (None, now)
         elif isinstance(action, CreateService):
             name = action.body["metadata"]["name"]
+            self.grpc_ports[name] = (service_grpc_port(action.body["spec"]), now)
             if name == endpoint:
                 self.selector = (dict(action.body["spec"]["selector"]), now)
             else:
@@ -115,6 +117,13 @@ class RecentWrites:
             else:
                 services.add(slot)
         expected = observed.expecting(slots, selector, frozenset(services))
+        grpc_ports = dict(observed.service_grpc_ports)
+        for name, (port, at) in list(self.grpc_ports.items()):
+            if now - at > EXPIRY_SECONDS or (name in grpc_ports and grpc_ports[name] == port):
+                del self.grpc_ports[name]
+            else:
+                grpc_ports[name] = port
+        expected = dataclasses.replace(expected, service_grpc_ports=grpc_ports)
         if self.route is not None:
             route, at = self.route
             seen = observed.route

@@ -46,6 +46,7 @@ class ObservedSources:
     disruption_budgets: Iterable[DisruptionBudgetSummary] = ()
     routes: Iterable[RouteSummary] = ()  # the endpoint's HTTPRoute (Gateway API), when the cluster has one
     jobs: Iterable[JobSummary] = ()  # the quality monitor's Jobs
+    service_grpc_ports: Mapping[str, int | None] = field(default_factory=dict)  # Service name -> its grpc port
 
 
 def spec_error(error: ValidationError) -> str:
@@ -162,6 +163,7 @@ class EndpointReconciler:
             disruption_budgets=sources.disruption_budgets,
             route=next(iter(sources.routes), None),
             jobs=sources.jobs,
+            service_grpc_ports=sources.service_grpc_ports,
         )
 
     async def _write_status(self, old: dict[str, Any], new: dict[str, Any]) -> None:

@@ -90,6 +90,28 @@ def test_server_side_apply_conflicts_with_another_manager_unless_forced(backend:
     assert forced.body['spec']['replicas'] == 1
 
 
+def test_a_service_port_an_apply_stops_naming_is_removed_and_a_json_patched_selector_does_not_keep_it(
+        backend: Backend, namespace: str) -> None:
+    """spec.serving.grpcPort off: the next apply of a Service leaves its grpc port out (service_ports.py)."""
+    path = services(namespace, 'credit')
+    grpc = {'name': 'grpc', 'port': 9000, 'targetPort': 'grpc', 'protocol': 'TCP', 'appProtocol': 'grpc'}
+    with_grpc = service('credit', {'endpoint': 'credit', 'slot': 'none'})
+    with_grpc['spec']['ports'] = [{**with_grpc['spec']['ports'][0], 'protocol': 'TCP'}, grpc]
+    assert apply(backend, path, with_grpc).status == 201
+    # The traffic switch: a JSON patch of the selector by the same manager name (an Update entry).
+    switched = backend.request('PATCH', path, [{'op': 'replace', 'path': '/spec/selector',
+                                                'value': {'endpoint': 'credit', 'slot': 'blue'}}],
+                               'application/json-patch+json', params={'fieldManager': 'slotkeeper'}).ok()
+    assert [p['name'] for p in switched.body['spec']['ports']] == ['http', 'grpc']
+    without = service('credit', {'endpoint': 'credit', 'slot': 'blue'})
+    applied = apply(backend, path, without).ok()
+    assert [p['name'] for p in applied.body['spec']['ports']] == ['http']
+    assert applied.body['spec']['selector'] == {'endpoint': 'credit', 'slot': 'blue'}
+    again = apply(backend, path, with_grpc | {'spec': {**with_grpc['spec'], 'selector': {'endpoint': 'credit',
+                                                                                          'slot': 'blue'}}}).ok()
+    assert again.body['spec']['ports'][1] == grpc
+
+
 def replicas_owners(body: dict[str, Any]) -> set[tuple[str, str, str]]:
     """(manager, operation, subresource) of each managedFields entry that owns spec.replicas."""
     return {(e['manager'], e['operation'], e.get('subresource', '')) for e in body['metadata']['managedFields']

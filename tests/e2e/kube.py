@@ -267,6 +267,16 @@ class Cluster:
                 return None
             raise
 
+    def service_ports(self, namespace: str, name: str) -> dict[str, int]:
+        """A Service's ports, by name."""
+        return {p.name: p.port for p in self.core.read_namespaced_service(name, namespace).spec.ports or []}
+
+    def ready_port_names(self, namespace: str, name: str) -> set[str]:
+        """The names of a Service's ports that have at least one ready address behind them (its
+        named targetPort resolved on a ready pod)."""
+        endpoints = self.core.read_namespaced_endpoints(name, namespace)
+        return {port.name for subset in endpoints.subsets or [] if subset.addresses for port in subset.ports or []}
+
     def served_shares(self, namespace: str, name: str) -> dict[str, int]:
         """Each slot's share (percent, rounded half up) of the ready addresses behind the Service,
         as the Endpoints controller published them for kube-proxy: what traffic really goes to."""

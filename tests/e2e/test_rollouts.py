@@ -235,3 +235,23 @@ def test_operator_restart_mid_rollout_resumes_it(cluster, namespace, models, sta
     assert len(switches) == 2, [e.message for e in switches]
     log = client.wait_for("the new revision", lambda log: log.tail_is(candidate, 20))
     assert log.errors == [], log.errors[:10]
+
+
+def test_grpc_port_on_the_services_follows_the_spec(cluster, namespace, models):
+    services = (NAME, f"{NAME}-blue", f"{NAME}-green")
+    spec = endpoint_spec(models)
+    spec["serving"]["grpcPort"] = 9000
+    v1 = healthy_first_revision(cluster, namespace, spec)
+    for service in services:
+        wait_until(f"Service {service} to carry the grpc port",
+                   lambda: cluster.service_ports(namespace, service).get("grpc") == 9000, 30)
+    # targetPort "grpc" resolves on the serving pods: the endpoint Service has ready gRPC addresses.
+    wait_until("ready addresses behind the endpoint Service's grpc port",
+               lambda: "grpc" in cluster.ready_port_names(namespace, NAME), 60)
+
+    cluster.patch_spec(namespace, NAME, {"serving": {"grpcPort": None}})
+    cluster.wait_for_phase(namespace, NAME, "Healthy", ROLLOUT_TIMEOUT, also=promoted_past(v1))
+    for service in services:
+        wait_until(f"Service {service} to lose the grpc port",
+                   lambda: set(cluster.service_ports(namespace, service)) == {"http"}, 30)
+    assert selects(cluster, namespace, "green")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from controllers import deployment_controller
-from kmock_cluster import DEPLOYMENTS, eventually
-from test_operator import SPEC, condition, deployment, status
+from kmock_cluster import DEPLOYMENTS, SERVICES, eventually
+from slotkeeper.render import LABEL_SLOT as SLOT
+from test_operator import SPEC, condition, deployment, selector, status
 
 QUANTITY = "quantities must match the regular expression"
 
@@ -62,3 +63,32 @@ async def test_an_object_the_apiserver_cannot_decode_marks_the_endpoint_degraded
     degraded = condition(k8s, "Degraded")
     assert degraded["reason"] == "InvalidSpec" and degraded["message"].endswith(message)
     assert deployment(k8s, "blue") is None
+
+
+def grpc_ports(k8s) -> dict[str, list[dict]]:
+    """The ports named grpc of the endpoint's three Services, as the API double holds them."""
+    services = {name: k8s.peek(SERVICES, name, namespace="default") for name in ("credit", "credit-blue", "credit-green")}
+    return {name: [p for p in (s or {}).get("spec", {}).get("ports", []) if p.get("name") == "grpc"]
+            for name, s in services.items()}
+
+
+async def test_grpc_port_is_added_to_then_removed_from_all_three_services(operator, k8s):
+    grpc = [{"name": "grpc", "port": 9000, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]
+    async with deployment_controller(k8s):
+        await k8s.create_endpoint("credit", {**SPEC, "model": model(1)}, namespace="default")
+        await promoted(k8s, "blue", "v1 on blue")
+        assert all(ports == [] for ports in grpc_ports(k8s).values())
+
+        await k8s.patch_endpoint("credit", {"serving": {"grpcPort": 9000}}, namespace="default")
+        await eventually(lambda: all(ports == grpc for ports in grpc_ports(k8s).values()),
+                         message="a grpc port on every Service")
+        await promoted(k8s, "green", "the revision serving gRPC on green")
+        assert selector(k8s)[SLOT] == "green"
+
+        await k8s.patch_endpoint("credit", {"serving": {"grpcPort": None}}, namespace="default")
+        await eventually(lambda: all(ports == [] for ports in grpc_ports(k8s).values()),
+                         message="the grpc port gone from every Service (the apply owned it)")
+        await promoted(k8s, "blue", "the revision without gRPC on blue")
+    assert selector(k8s)[SLOT] == "blue"
+    endpoint_service = k8s.peek(SERVICES, "credit", namespace="default")
+    assert [p["name"] for p in endpoint_service["spec"]["ports"]] == ["http"]

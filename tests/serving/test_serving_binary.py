@@ -217,6 +217,18 @@ def test_binary_and_json_bodies_get_the_same_answer_from_a_model(credit_server, 
         assert binary.content == plain.content  # JSON answers, byte for byte
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_binary_input_is_refused_as_without_the_fast_path(credit_server, value):
+    """JSON cannot carry NaN or inf, binary tensor data can: the linear fast path must not answer it."""
+    assert credit_server.app.slot.model.has_fastpath
+    X = np.array([[0.5, value, -1.0, 2.0]])
+    body, length = binary_body({"input-0": X}, {"input-0": "FP64"})
+    response = credit_server.client.post(credit_server.infer_url(), content=body,
+                                         headers={"Inference-Header-Content-Length": str(length)})
+    assert response.status_code == 400, response.text
+    assert "the model rejected the input" in response.json()["error"]
+
+
 def test_malformed_binary_bodies_are_400_over_http_and_count_as_failures(credit_server):
     url = credit_server.infer_url()
     before = credit_server.counts()

@@ -139,6 +139,8 @@ def test_a_disagreeing_fast_path_is_rejected_at_load_time():
         (np.zeros((1, 4), dtype=np.float16), False),
         (np.zeros((4, 1)).T, True),
         (np.zeros((4, 2)).T[:, :], False),
+        (np.array([[0.0, np.nan, 0.0, 0.0]]), False),
+        (np.array([[0.0, 0.0, -np.inf, 0.0]], dtype=np.float32), False),
     ],
 )
 def test_accepts_only_what_was_verified(array, ok):

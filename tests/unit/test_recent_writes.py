@@ -288,3 +288,24 @@ def test_an_autoscaler_just_applied_or_deleted_is_not_written_again_before_the_w
     assert writes.overlay(world.observed()).slot("green").autoscaler is None
     clock.now += EXPIRY_SECONDS + 1  # never shown: the deletes are made again
     assert {a.slot for a in lagging_pass(world, writes).actions if isinstance(a, DeleteAutoscaler)} == {"blue", "green"}
+
+
+def test_a_grpc_port_just_applied_is_not_applied_again_before_the_watch_shows_it():
+    world, clock = World(), FakeClock()
+    world.settle()
+    writes = RecentWrites(clock=clock)
+    world.change_spec(serving={"replicas": 2, "grpcPort": 9000})
+    first = lagging_pass(world, writes, deliver=(ApplyDeployment, ScaleDeployment, ApplyDisruptionBudget))
+    applied = sorted(a.body["metadata"]["name"] for a in first.actions if isinstance(a, CreateService))
+    assert applied == ["credit", "credit-blue", "credit-green"]
+    assert writes.overlay(world.observed()).service_grpc_ports == {name: 9000 for name in applied}
+
+    clock.now += 1
+    second = lagging_pass(world, writes, deliver=(ApplyDeployment, ScaleDeployment, ApplyDisruptionBudget))
+    assert [a for a in second.actions if isinstance(a, CreateService)] == []  # not shown yet, still remembered
+
+    for action in first.actions:  # the watch catches up: nothing is left to lay over
+        if isinstance(action, CreateService):
+            world.apply(action)
+    assert writes.overlay(world.observed()).service_grpc_ports == world.observed().service_grpc_ports
+    assert writes.grpc_ports == {}

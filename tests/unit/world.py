@@ -15,7 +15,7 @@ from slotkeeper.actions import (ApplyAutoscaler, ApplyCronJob, ApplyDeployment, 
 from slotkeeper.api import ModelEndpointSpec, ModelEndpointStatus
 from slotkeeper.decide import Decision, Endpoint, Gates, decide_next_step
 from slotkeeper.observe import (JobSummary, PodSummary, observe_endpoint, summarise_autoscaler, summarise_deployment,
-                                summarise_disruption_budget, summarise_route)
+                                service_grpc_port, summarise_disruption_budget, summarise_route)
 from slotkeeper.render import LABEL_SLOT
 
 T0 = datetime(2026, 11, 21, 12, 0, 0, tzinfo=timezone.utc)
@@ -70,6 +70,7 @@ class World:
             disruption_budgets=[summarise_disruption_budget(b) for b in self.disruption_budgets.values()],
             route=summarise_route(self.route) if self.route is not None else None,
             jobs=list(self.jobs.values()),
+            service_grpc_ports={name: service_grpc_port(svc["spec"]) for name, svc in self.services.items()},
         )
 
     def decide(self, gates: Gates = Gates()) -> Decision:

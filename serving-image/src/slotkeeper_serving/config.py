@@ -75,6 +75,11 @@ class Settings:
     fastpath: bool = True
     batching: bool = True
     batch_max_rows: int = 512
+    # 0 from the sweep in benchmarks/serving/results.md ("delay-sweep", 100-tree forest): real delays of
+    # 1, 2 and 5 ms lower throughput at c=8, 32 and 128 alike (c=8: 4,574 -> 3,316 -> 2,261 -> 1,209 req/s)
+    # and add their delay to p50. Adaptive batching needs none: requests queue while the model is busy.
+    # Below 1 ms there is no real delay under uvloop (libuv timers count whole milliseconds; a 0.5 ms
+    # sleep returns in microseconds, one more event-loop turn), so 0.5 ms's +8 to +22 % is not a delay.
     batch_max_delay_ms: float = 0.0
     shutdown_delay_seconds: float = DEFAULT_SHUTDOWN_DELAY_SECONDS
     keys_dir: Path | None = None  # None: no key required (an open endpoint)

@@ -58,6 +58,8 @@ def accepts(array: np.ndarray, n_features: int) -> bool:
         and array.shape[0] > 0
         and array.dtype in FAST_DTYPES
         and array.flags.c_contiguous
+        # JSON cannot carry NaN or inf, binary tensor data can: predict refuses them (a 400), so must we.
+        and bool(np.isfinite(array).all())
     )
 
 
@@ -76,9 +78,14 @@ def probe_inputs(n_features: int) -> list[np.ndarray]:
 
 def first_disagreement(estimator: Any, fast: FastPredict, n_features: int) -> str | None:
     """None if fast(X) equals estimator.predict(X) exactly on every probe, else what differed."""
+    return first_mismatch(estimator.predict, fast, n_features)
+
+
+def first_mismatch(reference: Callable[[np.ndarray], Any], fast: FastPredict, n_features: int) -> str | None:
+    """None if fast(X) equals reference(X) exactly (dtype, shape, bits) on every probe, else what differed."""
     for i, probe in enumerate(probe_inputs(n_features)):
         try:
-            expected = np.asarray(estimator.predict(probe))
+            expected = np.asarray(reference(probe))
         except Exception as exc:
             return f"predict failed on probe {i}: {type(exc).__name__}"
         got = fast(probe)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import batching, fastpath
+from . import batching, fastpath, forestpath
 from .config import Settings
 from .fetch import ModelLoadError, materialize, redact_uri
 from .protocol import InferRequest, ProtocolError, encode_tensor
@@ -154,6 +154,12 @@ class SklearnModel:
             self._fast, why = fastpath.compile_fast_predict(estimator)
             log.info("fast path: %s", why)
         self._fast_features = self.n_features or 0
+        # Forests: the same bits without joblib's per-tree bookkeeping, on the model thread (forestpath.py).
+        self._lean: dict[str, forestpath.Lean] = {}
+        if use_fastpath and self.n_features is not None:
+            self._lean, why = forestpath.compile_lean_outputs(estimator, self.output_names)
+            if self._lean:
+                log.info("forest path: %s", why)
         self._thread = _model_thread()
         self.batcher: batching.Batcher | None = None
         self.batching_reason = "off"
@@ -258,7 +264,7 @@ class SklearnModel:
 
     def _predict(self, X: np.ndarray, wanted: tuple[str, ...]) -> list[Any]:
         try:
-            return [getattr(self.estimator, name)(X) for name in wanted]
+            return [self._lean[name](X) if name in self._lean else getattr(self.estimator, name)(X) for name in wanted]
         except (ValueError, TypeError) as exc:
             # scikit-learn validates input with ValueError/TypeError (strings
             # for a numeric model, NaN, wrong rank): the client's to fix.
