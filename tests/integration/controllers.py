@@ -18,7 +18,7 @@ import itertools
 import json
 import pathlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import kmock
 import yaml
@@ -29,7 +29,36 @@ COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the Job control
 MANAGED = {"app.kubernetes.io/managed-by": "slotkeeper"}
 
 
-class DeploymentController:
+class Periodic:
+    """A fake controller's loop: ``sync_once()`` every ``period`` seconds while it runs."""
+
+    period: float
+
+    async def sync_once(self) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        while True:
+            await self.sync_once()
+            await asyncio.sleep(self.period)
+
+
+Controller = TypeVar("Controller", bound=Periodic)
+
+
+@contextlib.asynccontextmanager
+async def running(controller: Controller, name: str) -> AsyncIterator[Controller]:
+    """Run ``controller`` in a task of its own for the ``async with`` block."""
+    task = asyncio.create_task(controller.run(), name=name)
+    try:
+        yield controller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class DeploymentController(Periodic):
     def __init__(self, k8s: Kube, namespace: str = "default", period: float = 0.02) -> None:
         self.k8s, self.namespace, self.period = k8s, namespace, period
         self._names = itertools.count(1)
@@ -57,25 +86,12 @@ class DeploymentController:
                 wanted, wanted, observed):
             await self.k8s.set_deployment_status(name, namespace=self.namespace)
 
-    async def run(self) -> None:
-        while True:
-            await self.sync_once()
-            await asyncio.sleep(self.period)
+
+def deployment_controller(k8s: Kube, namespace: str = "default") -> contextlib.AbstractAsyncContextManager[DeploymentController]:
+    return running(DeploymentController(k8s, namespace), "fake-deployment-controller")
 
 
-@contextlib.asynccontextmanager
-async def deployment_controller(k8s: Kube, namespace: str = "default") -> AsyncIterator[DeploymentController]:
-    controller = DeploymentController(k8s, namespace)
-    task = asyncio.create_task(controller.run(), name="fake-deployment-controller")
-    try:
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-class AutoscalerController:
+class AutoscalerController(Periodic):
     """The HorizontalPodAutoscaler controller for the autoscaling/v2 HPAs of a namespace.
 
     What the metrics call for is what a test says: ``load("credit-blue", 5)``. Each sync, per HPA, it
@@ -124,22 +140,9 @@ class AutoscalerController:
                 if error.status not in (404, 409):  # gone, or changed meanwhile: the next sync looks again
                     raise
 
-    async def run(self) -> None:
-        while True:
-            await self.sync_once()
-            await asyncio.sleep(self.period)
 
-
-@contextlib.asynccontextmanager
-async def autoscaler_controller(k8s: Kube, namespace: str = "default") -> AsyncIterator[AutoscalerController]:
-    controller = AutoscalerController(k8s, namespace)
-    task = asyncio.create_task(controller.run(), name="fake-autoscaler-controller")
-    try:
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def autoscaler_controller(k8s: Kube, namespace: str = "default") -> contextlib.AbstractAsyncContextManager[AutoscalerController]:
+    return running(AutoscalerController(k8s, namespace), "fake-autoscaler-controller")
 
 
 def selected_shares(k8s: Kube, service: str, namespace: str = "default") -> dict[str, int]:
@@ -176,7 +179,7 @@ def install_gateway_api(emulator: Any) -> None:
     emulator.conformant_cel_groups.add("gateway.networking.k8s.io")  # CEL rules too, not only the schema
 
 
-class GatewayController:
+class GatewayController(Periodic):
     """Plays a Gateway API implementation (a Gateway's or a mesh's controller): for every HTTPRoute of
     the namespace it writes ``status.parents`` with Accepted and ResolvedRefs for the route's current
     generation, through the API (so the operator sees it as a watch event). ``accepting = False``
@@ -208,22 +211,9 @@ class GatewayController:
                     if error.status not in (404, 409):
                         raise
 
-    async def run(self) -> None:
-        while True:
-            await self.sync_once()
-            await asyncio.sleep(self.period)
 
-
-@contextlib.asynccontextmanager
-async def gateway_controller(k8s: Kube, namespace: str = "default") -> AsyncIterator[GatewayController]:
-    controller = GatewayController(k8s, namespace)
-    task = asyncio.create_task(controller.run(), name="fake-gateway-controller")
-    try:
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def gateway_controller(k8s: Kube, namespace: str = "default") -> contextlib.AbstractAsyncContextManager[GatewayController]:
+    return running(GatewayController(k8s, namespace), "fake-gateway-controller")
 
 
 def route_weights(k8s: Kube, name: str, namespace: str = "default") -> dict[str, int]:
@@ -296,7 +286,7 @@ def _env(pod_spec: dict[str, Any], name: str) -> str | None:
                  if e.get("name") == name), None)
 
 
-class BatchController:
+class BatchController(Periodic):
     """Plays the CronJob controller, the Job controller and the kubelet for batch runs (labelled
     ``slotkeeper.io/batch``), through the API.
 
@@ -416,19 +406,6 @@ class BatchController:
                                    "message": json.dumps(summary, separators=(",", ":"))}}}]}},
             namespace=self.namespace, subresource="status")
 
-    async def run(self) -> None:
-        while True:
-            await self.sync_once()
-            await asyncio.sleep(self.period)
 
-
-@contextlib.asynccontextmanager
-async def batch_controller(k8s: Kube, namespace: str = "default") -> AsyncIterator[BatchController]:
-    controller = BatchController(k8s, namespace)
-    task = asyncio.create_task(controller.run(), name="fake-batch-controller")
-    try:
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def batch_controller(k8s: Kube, namespace: str = "default") -> contextlib.AbstractAsyncContextManager[BatchController]:
+    return running(BatchController(k8s, namespace), "fake-batch-controller")

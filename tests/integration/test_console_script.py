@@ -63,24 +63,9 @@ async def stop_operator(process, log, tmp_path) -> str:
     return output
 
 
-@pytest.mark.parametrize("scope", [[], ["--namespace", "default"]], ids=["cluster-wide", "namespaced"])
-async def test_the_console_script_brings_an_endpoint_to_healthy_and_stops_on_sigterm(kmock, k8s, tmp_path, scope):
-    process, log = await start_operator(tmp_path, kmock, *scope, "--slot-access", "direct")
-    try:
-        async with deployment_controller(k8s):
-            await k8s.create_endpoint("credit", SPEC, namespace="default")
-            await eventually(lambda: process.returncode is None and status(k8s).get("phase") == "Healthy",
-                             timeout=60, message="the endpoint Healthy, the operator still running")
-    finally:
-        await stop_operator(process, log, tmp_path)
-
-
-async def test_the_operator_process_never_loads_the_official_client_and_freezes_its_start_up(kmock, k8s, tmp_path):
-    """kopf imports the official client whenever it is installed (9 MiB); ``slotkeeper run`` hides
-    it (cli.official_client_hidden) and sends its own requests with aiohttp (kube_api.py). After
-    start-up it freezes what it imported out of the garbage collector's sight (handlers.configure),
-    and reconciling still works: the endpoint gets to Healthy."""
-    process, log = await start_operator(tmp_path, kmock, "--slot-access", "direct", python=("-X", "importtime"))
+async def healthy_then_stopped(tmp_path, kmock, k8s, *args: str, python: tuple[str, ...] = ()) -> str:
+    """Start the console script, bring an endpoint to Healthy with it, stop it (SIGTERM); its log."""
+    process, log = await start_operator(tmp_path, kmock, *args, python=python)
     try:
         async with deployment_controller(k8s):
             await k8s.create_endpoint("credit", SPEC, namespace="default")
@@ -88,6 +73,21 @@ async def test_the_operator_process_never_loads_the_official_client_and_freezes_
                              timeout=60, message="the endpoint Healthy, the operator still running")
     finally:
         output = await stop_operator(process, log, tmp_path)
+    return output
+
+
+@pytest.mark.parametrize("scope", [[], ["--namespace", "default"]], ids=["cluster-wide", "namespaced"])
+async def test_the_console_script_brings_an_endpoint_to_healthy_and_stops_on_sigterm(kmock, k8s, tmp_path, scope):
+    await healthy_then_stopped(tmp_path, kmock, k8s, *scope, "--slot-access", "direct")
+
+
+async def test_the_operator_process_never_loads_the_official_client_and_freezes_its_start_up(kmock, k8s, tmp_path):
+    """kopf imports the official client whenever it is installed (9 MiB); ``slotkeeper run`` hides
+    it (cli.official_client_hidden) and sends its own requests with aiohttp (kube_api.py). After
+    start-up it freezes what it imported out of the garbage collector's sight (handlers.configure),
+    and reconciling still works: the endpoint gets to Healthy."""
+    output = await healthy_then_stopped(tmp_path, kmock, k8s, "--slot-access", "direct",
+                                        python=("-X", "importtime"))
     imported = [line.rsplit("|", 1)[-1].strip() for line in output.splitlines() if line.startswith("import time:")]
     assert "slotkeeper.handlers" in imported and "kopf" in imported  # -X importtime did list the imports
     # (the hidden "kubernetes" and "kubernetes.client" are listed too, as failed lookups of a few µs)
