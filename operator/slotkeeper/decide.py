@@ -119,6 +119,15 @@ class _Step:
     def wake_at(self, moment: datetime) -> None:
         self.wake_ups.append(max(0.0, (moment - self.now).total_seconds()))
 
+    def past_progress_deadline(self, since: str) -> bool:
+        """True once ``checks.progressDeadlineSeconds`` have passed since ``since``; until then the
+        next pass is due at the next poll (or at the deadline, if sooner)."""
+        deadline = parse_time(since) + timedelta(seconds=self.spec.checks.progress_deadline_seconds)
+        if self.now >= deadline:
+            return True
+        self.wake_at(min(deadline, self.now + timedelta(seconds=ROLLOUT_POLL_SECONDS)))
+        return False
+
     def condition(self, type: str, status: bool, reason: str, message: str = "") -> None:
         self.update(conditions=set_condition(
             list(self.status.conditions), type, status, reason, message, self.now_text, self.endpoint.generation,
@@ -705,13 +714,11 @@ def _canary(step: _Step, rollout: Rollout, active: str) -> Rollout | None:
                     step.autoscale(active, floor=max(stable_n, min(stable_now, rollout.stable_replicas)))
                 stable_settled = stable_now == stable_n
             if not candidate_ready or not stable_settled:
-                deadline = parse_time(rollout.step_started_at) + timedelta(seconds=spec.checks.progress_deadline_seconds)
-                if step.now >= deadline:
+                if step.past_progress_deadline(rollout.step_started_at):
                     _revert(step, rollout, "ProgressDeadlineExceeded",
                             f"canary {position} (setWeight {current.set_weight}) was not ready within "
                             f"{spec.checks.progress_deadline_seconds}s")
                     return None
-                step.wake_at(min(deadline, step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS)))
                 step.condition("Progressing", True, "Canary", f"{position}: scaling for weight {current.set_weight}%")
                 return None
         elif current.pause is not None and "promote" not in step.requested:
@@ -757,13 +764,11 @@ def _gateway_weight_step(step: _Step, rollout: Rollout, active: str, position: s
     waiting = waiting or step.route_settled()
     if waiting is None:
         return True
-    deadline = parse_time(rollout.step_started_at) + timedelta(seconds=spec.checks.progress_deadline_seconds)
-    if step.now >= deadline:
+    if step.past_progress_deadline(rollout.step_started_at):
         _revert(step, rollout, "ProgressDeadlineExceeded",
                 f"canary {position} (setWeight {weight}) did not take effect within "
                 f"{spec.checks.progress_deadline_seconds}s: {waiting}")
         return False
-    step.wake_at(min(deadline, step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS)))
     reason = "Canary" if not ready else "RouteNotAccepted"
     step.condition("Progressing", True, reason, f"canary {position}: {waiting}")
     return False
@@ -913,14 +918,12 @@ def _readiness_failure(step: _Step, rollout: Rollout) -> tuple[str, str] | None:
     pod_failure = slot.pod_failure(rollout.revision)
     if pod_failure:
         return "PodFailure", f"revision {rollout.revision} in slot {rollout.slot}: {pod_failure}"
-    if rollout.step == "Deploying" and not slot.fully_ready(rollout.revision):
-        deadline = parse_time(rollout.started_at) + timedelta(seconds=step.spec.checks.progress_deadline_seconds)
-        if step.now >= deadline:
-            return "ProgressDeadlineExceeded", (
-                f"revision {rollout.revision} in slot {rollout.slot} was not ready within "
-                f"{step.spec.checks.progress_deadline_seconds}s ({slot.ready_replicas}/{step.full_size(rollout)} ready)"
-            )
-        step.wake_at(min(deadline, step.now + timedelta(seconds=ROLLOUT_POLL_SECONDS)))
+    if rollout.step == "Deploying" and not slot.fully_ready(rollout.revision) and \
+            step.past_progress_deadline(rollout.started_at):
+        return "ProgressDeadlineExceeded", (
+            f"revision {rollout.revision} in slot {rollout.slot} was not ready within "
+            f"{step.spec.checks.progress_deadline_seconds}s ({slot.ready_replicas}/{step.full_size(rollout)} ready)"
+        )
     return None
 
 
