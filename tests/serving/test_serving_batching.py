@@ -150,10 +150,10 @@ def test_max_rows_bounds_a_combined_call():
 
         for n in (3, 1, 2, 1):
             batcher._queue.append((("<f8", ("predict",)), _Item(np.ones((n, 1)), loop.create_future())))
-        _, batch = batcher._take()
-        assert [i.X.shape[0] for i in batch] == [3, 1]
-        _, batch = batcher._take()
-        assert [i.X.shape[0] for i in batch] == [2, 1]
+        _, batch, rows = batcher._take()
+        assert [i.X.shape[0] for i in batch] == [3, 1] and rows == 4
+        _, batch, rows = batcher._take()
+        assert [i.X.shape[0] for i in batch] == [2, 1] and rows == 3
     finally:
         loop.close()
 
@@ -253,3 +253,40 @@ def test_over_http_a_bad_request_in_a_batch_fails_alone_and_counts_as_one_failur
         assert results[i].json()["outputs"][0]["data"] == [2 * sum(payloads[i])]
     after = server.counts()
     assert after["failure"] - before["failure"] == 1 and after["success"] - before["success"] == 3
+
+
+def test_a_batch_within_inline_rows_is_predicted_on_the_loop_and_a_larger_one_on_the_model_thread():
+    threads = []
+
+    def predict(X, outputs):
+        threads.append((X.shape[0], threading.get_ident()))
+        return [X.sum(axis=1)]
+
+    async def scenario():
+        executor = ThreadPoolExecutor(max_workers=1)
+        batcher = Batcher(predict, executor, inline_rows=4)
+        small = await batcher.submit(np.ones((4, 2)), ("predict",))
+        large = await batcher.submit(np.ones((5, 2)), ("predict",))
+        executor.shutdown()
+        return small, large
+
+    small, large = asyncio.run(scenario())
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop on this thread
+    assert [rows for rows, _ in threads] == [4, 5]
+    assert threads[0][1] == loop_thread and threads[1][1] != loop_thread
+    assert small[0].tolist() == [2.0] * 4 and large[0].tolist() == [2.0] * 5
+
+
+def test_a_forest_with_the_flat_walk_batches_small_batches_on_the_loop_and_other_models_never(trained):
+    from sklearn.ensemble import RandomForestClassifier
+
+    from slotkeeper_serving import forestpath
+
+    X, y = np.random.default_rng(4).standard_normal((80, 4)), np.arange(80) % 2
+    forest = SklearnModel(RandomForestClassifier(n_estimators=10, random_state=0).fit(X, y))
+    assert forest.enable_batching(), forest.batching_reason
+    assert forest.batcher.inline_rows == forestpath.INLINE_ROWS > 0
+    plain = SklearnModel(RandomForestClassifier(n_estimators=10, random_state=0).fit(X, y), use_fastpath=False)
+    assert plain.enable_batching() and plain.batcher.inline_rows == 0  # the estimator's own predict: thread
+    tree = SklearnModel(trained("tree"))
+    assert tree.enable_batching() and tree.batcher.inline_rows == 0

@@ -63,6 +63,53 @@ def test_lean_forest_is_bit_identical_to_the_estimator(kind, dtype):
                 assert got.tobytes() == expected.tobytes()
 
 
+@pytest.mark.parametrize("kind", ["forest-three-classes", "forest-string-labels", "extra-trees", "forest-regressor"])
+def test_the_flat_walk_alone_is_bit_identical_for_every_row_count_it_serves(kind):
+    model = fitted(kind)
+    trees = [t.tree_ for t in model.estimators_]
+    regressor = kind == "forest-regressor"
+    flat = forestpath._FlatForest.of(trees, 1 if regressor else int(model.n_classes_))
+    rng = np.random.RandomState(7)
+    for rows in range(1, forestpath.FLAT_MAX_ROWS + 1):
+        X = (rng.randn(rows, 4) * 10 ** rng.uniform(-3, 3)).astype(np.float32 if rows % 2 else np.float64)
+        got = flat.mean_value(X)
+        expected = model.predict(X) if regressor else model.predict_proba(X)
+        got = got[:, 0] if regressor else got
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert got.tobytes() == expected.tobytes(), rows
+
+
+def test_rows_on_a_threshold_go_left_in_the_flat_walk_as_in_the_trees():
+    # Integer features make thresholds like 1.5, exact in float32, so a row can sit on one.
+    rng = np.random.RandomState(2)
+    X_train = rng.randint(0, 6, size=(200, 4)).astype(float)
+    model = RandomForestClassifier(n_estimators=5, random_state=0).fit(X_train, X_train.sum(axis=1) > 10)
+    tree = model.estimators_[0].tree_
+    inner = np.flatnonzero(tree.children_left >= 0)
+    X = np.tile(X_train[:1], (len(inner), 1)).astype(np.float32)
+    X[np.arange(len(inner)), tree.feature[inner]] = tree.threshold[inner]
+    assert (X[np.arange(len(inner)), tree.feature[inner]] == tree.threshold[inner]).all()
+    flat = forestpath._FlatForest.of([t.tree_ for t in model.estimators_], 2)
+    assert flat.mean_value(X).tobytes() == model.predict_proba(X).tobytes()
+
+
+def test_a_forest_too_large_for_the_flat_walk_keeps_the_per_tree_walk(monkeypatch):
+    model = fitted("forest-three-classes")
+    monkeypatch.setattr(forestpath, "FLAT_MAX_NODES", 10)
+    lean, why = forestpath.compile_lean_outputs(model, ("predict", "predict_proba"))
+    assert set(lean) == {"predict", "predict_proba"} and "per-tree walk" in why and "flat" not in why
+    assert forestpath.inline_rows(lean, ("predict", "predict_proba")) == 0
+    X = np.random.RandomState(1).randn(3, 4)
+    assert lean["predict_proba"](X).tobytes() == model.predict_proba(X).tobytes()
+
+
+def test_a_flat_walk_that_disagrees_is_not_used(monkeypatch):
+    model = fitted("forest-binary")
+    monkeypatch.setattr(forestpath._FlatForest, "mean_value", lambda self, X: np.full((len(X), 2), 0.5))
+    lean, why = forestpath.compile_lean_outputs(model, ("predict_proba",))
+    assert lean == {} and "disagreed" in why
+
+
 class OverridingForest(RandomForestClassifier):
     def predict_proba(self, X):
         return super().predict_proba(X) * 0 + 0.5

@@ -10,7 +10,8 @@ Batches are adaptive: a request that finds the model idle is dispatched at
 once (after `max_delay` seconds, 0 by default), and requests arriving while the
 model is busy queue and go together in the next call, up to `max_rows` rows.
 Only requests with the same input dtype and the same requested outputs are
-combined. If a combined call raises (one request's rows are bad, say), every
+combined. A batch of at most `inline_rows` rows (0 unless the model says its
+call is that cheap: forestpath.py) is predicted on the event loop itself. If a combined call raises (one request's rows are bad, say), every
 request in it is retried on its own, so a failing row fails only its request.
 """
 
@@ -84,11 +85,14 @@ class _Item:
 class Batcher:
     """Combines concurrent calls of `predict(X, outputs)` (run on `executor`) for the same key."""
 
-    def __init__(self, predict: Predict, executor: Executor, *, max_rows: int = 512, max_delay: float = 0.0) -> None:
+    def __init__(
+        self, predict: Predict, executor: Executor, *, max_rows: int = 512, max_delay: float = 0.0, inline_rows: int = 0
+    ) -> None:
         self._predict = predict
         self._executor = executor
         self.max_rows = max_rows
         self.max_delay = max_delay
+        self.inline_rows = inline_rows
         self._queue: deque[tuple[tuple, _Item]] = deque()
         self._busy = False
         # Observability for tests and logs: model calls made, and requests they answered.
@@ -109,7 +113,7 @@ class Batcher:
             loop.create_task(self._drain())
         return await item.future
 
-    def _take(self) -> tuple[tuple, list[_Item]]:
+    def _take(self) -> tuple[tuple, list[_Item], int]:
         key, first = self._queue.popleft()
         batch, rows, kept = [first], first.X.shape[0], deque()
         while self._queue:
@@ -120,7 +124,7 @@ class Batcher:
             else:
                 kept.append((other_key, item))
         self._queue.extendleft(reversed(kept))
-        return key, batch
+        return key, batch, rows
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -128,8 +132,14 @@ class Batcher:
             if self.max_delay > 0:
                 await asyncio.sleep(self.max_delay)
             while self._queue:
-                key, batch = self._take()
-                outcomes = await loop.run_in_executor(self._executor, self._run, key[1], [i.X for i in batch])
+                key, batch, rows = self._take()
+                Xs = [i.X for i in batch]
+                if rows <= self.inline_rows:
+                    # Cheaper than the hand-off to the model thread and back (and the GIL
+                    # ping-pong with this loop while it runs) on a CPU both share.
+                    outcomes = self._run(key[1], Xs)
+                else:
+                    outcomes = await loop.run_in_executor(self._executor, self._run, key[1], Xs)
                 for item, (ok, value) in zip(batch, outcomes, strict=True):
                     if item.future.done():
                         continue

@@ -154,7 +154,7 @@ class SklearnModel:
             self._fast, why = fastpath.compile_fast_predict(estimator)
             log.info("fast path: %s", why)
         self._fast_features = self.n_features or 0
-        # Forests: the same bits without joblib's per-tree bookkeeping, on the model thread (forestpath.py).
+        # Forests: the same bits without joblib's per-tree bookkeeping (forestpath.py); small batches on the loop.
         self._lean: dict[str, forestpath.Lean] = {}
         if use_fastpath and self.n_features is not None:
             self._lean, why = forestpath.compile_lean_outputs(estimator, self.output_names)
@@ -169,6 +169,8 @@ class SklearnModel:
         self.batcher, self.batching_reason = _verified_batcher(
             self._predict, self.n_features, self.output_names, self._thread, max_rows, max_delay
         )
+        if self.batcher is not None:
+            self.batcher.inline_rows = forestpath.inline_rows(self._lean, self.output_names)
         return self.batcher is not None
 
     @classmethod

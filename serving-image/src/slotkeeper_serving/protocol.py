@@ -66,6 +66,8 @@ _ACCEPTED_KINDS = {
 }
 _INTEGER_INFO = {name: np.iinfo(dtype) for name, dtype in DATATYPES.items() if dtype.kind in "iu"}
 _DTYPE_TO_DATATYPE = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+# The binary extension's byte order, made once: newbyteorder() builds a new dtype on every call.
+_WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items() if name != "BYTES"}
 
 MAX_DIMS = 32  # numpy's own limit is 64; nothing sane needs more
 
@@ -258,7 +260,7 @@ def _binary_to_array(chunk: memoryview, datatype: str, shape: tuple[int, ...], w
     count = math.prod(shape)
     if datatype == "BYTES":
         return _binary_bytes(chunk, count, where).reshape(shape)
-    dtype = DATATYPES[datatype].newbyteorder("<")
+    dtype = _WIRE_DTYPES[datatype]
     expected = count * dtype.itemsize
     if len(chunk) != expected:
         raise ProtocolError(
@@ -415,7 +417,7 @@ def tensor_bytes(datatype: str, array: np.ndarray) -> bytes:
         return b"".join(parts)
     if datatype == "BOOL":
         return np.ascontiguousarray(array, dtype=np.bool_).tobytes()
-    return np.ascontiguousarray(array, dtype=DATATYPES[datatype].newbyteorder("<")).tobytes()
+    return np.ascontiguousarray(array, dtype=_WIRE_DTYPES[datatype]).tobytes()
 
 
 def encode_infer_response(
