@@ -81,7 +81,23 @@ def malloc_trim() -> None:
     signal.signal(signal.SIGUSR2, lambda *_: libc.malloc_trim(0))
 
 
-ALL = {f.__name__: f for f in (memory_dump, malloc_trim, quiet_logs, no_selectors)}  # in this order
+def connections_32() -> None:
+    """KubeApi's max_connections 32 instead of 8: more of the operator's requests under way at once."""
+    from slotkeeper.cli import official_client_hidden
+
+    with official_client_hidden():  # kube_api imports kopf: as `slotkeeper run` does
+        import slotkeeper.kube_api
+
+    init = slotkeeper.kube_api.KubeApi.__init__
+
+    def wider(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.max_connections = max(self.max_connections, 32)
+
+    slotkeeper.kube_api.KubeApi.__init__ = wider
+
+
+ALL = {f.__name__: f for f in (memory_dump, malloc_trim, quiet_logs, no_selectors, connections_32)}  # in this order
 
 
 def apply(names: list[str]) -> None:

@@ -29,6 +29,7 @@ from .checks.access import make_slot_access
 from .checks.runner import CheckRunner
 from .client_config import as_connection, load_connection
 from .cluster import Cluster
+from .kopf_tuning import NoDiffBase, decode_watch_lines_with_orjson
 from .kube_api import ApiError, KubeApi
 from .loops import EndpointLoop, EndpointLoops, Key
 from .metrics import OperatorMetrics, parse_bind_address, serve_metrics
@@ -65,6 +66,9 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.peering.standalone = True
+    # kopf's per-event costs slotkeeper has no use for (kopf_tuning.py says why each is safe).
+    settings.persistence.diffbase_storage = NoDiffBase()
+    decode_watch_lines_with_orjson()
     if getattr(memo, "namespaced", False):  # a Role cannot list namespaces or watch CRDs: do not try
         settings.scanning.disabled = True
     for resource in OWNED_RESOURCES:

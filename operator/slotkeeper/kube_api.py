@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import json
 from typing import Any, Callable, Mapping
 
 import aiohttp
 import kopf
+import orjson
 
 JSON = "application/json"
 try:
@@ -80,19 +80,20 @@ class KubeApi:
     async def request(self, method: str, path: str, body: Any = None, *, content_type: str = JSON,
                       params: Mapping[str, str] | None = None) -> Any:
         """The parsed JSON answer (None when empty); an error answer raises :class:`ApiError`."""
-        data = json.dumps(body) if body is not None else None
+        data = orjson.dumps(body) if body is not None else None
         for attempt in (1, 2):
             if self._session is None:
                 self._session = self._new_session()
             async with self._session.request(method, self.connection.server.rstrip("/") + path, data=data,
                                              params=params, headers={"Content-Type": content_type}) as response:
-                text = await response.text()
+                raw = await response.read()
                 if response.status == 401 and attempt == 1 and self._relogin is not None:
                     await self._renew()
                     continue
                 if response.status >= 400:
-                    raise ApiError(status=response.status, reason=response.reason, body=text)
-                return json.loads(text) if text else None
+                    raise ApiError(status=response.status, reason=response.reason,
+                                   body=raw.decode("utf-8", errors="replace"))
+                return orjson.loads(raw) if raw else None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _renew(self) -> None:

@@ -103,6 +103,7 @@ class EndpointReconciler:
     recent_writes: RecentWrites = field(default_factory=RecentWrites)
     writes_done: int = 0  # successful writes so far: a failed pass that wrote something made progress
     metrics: OperatorMetrics | None = None
+    _validated_spec: tuple[Any, ModelEndpointSpec] | None = field(default=None, repr=False)
 
     async def reconcile(self, body: Mapping[str, Any], sources: ObservedSources) -> float:
         """One pass. Returns the seconds until the next pass is due without any event."""
@@ -117,7 +118,7 @@ class EndpointReconciler:
             self.metrics.observe_endpoint(key, body.get("status"),
                                           monitored=bool((body.get("spec") or {}).get("monitor")))
         try:
-            spec = ModelEndpointSpec.model_validate(body.get("spec") or {})
+            spec = self._spec(meta.get("generation"), body.get("spec") or {})
         except ValidationError as error:
             await self._report_invalid_spec(meta, current_status, spec_error(error))
             return IDLE_RESYNC_SECONDS
@@ -151,6 +152,17 @@ class EndpointReconciler:
             self.writes_done += 1
         await self._write_status(current_status, decision.status.to_api())
         return decision.requeue_after if decision.requeue_after is not None else IDLE_RESYNC_SECONDS
+
+    def _spec(self, generation: Any, raw: Mapping[str, Any]) -> ModelEndpointSpec:
+        """The validated spec, validated again only when its generation changed: the apiserver
+        raises metadata.generation on every change of spec (status is a subresource), and most
+        passes see the spec of the pass before."""
+        cached = self._validated_spec
+        if cached is not None and generation is not None and cached[0] == generation:
+            return cached[1]
+        spec = ModelEndpointSpec.model_validate(raw)
+        self._validated_spec = (generation, spec)
+        return spec
 
     def _observe(self, sources: ObservedSources) -> Observed:
         services = sources.services
