@@ -1,7 +1,7 @@
 """Candidate operator changes, applied by the launcher (BENCH_TWEAKS=name,name) without editing the
 operator, so that the benchmark can measure them before the lead applies them for real.
 Each docstring says what the change to the operator would be. Done and removed from here:
-release_conn (cf6c15f), no_kubernetes and gc_freeze (the operator's own aiohttp client and
+release_conn (cf6c15f), connections_32 (KubeApi.MAX_CONNECTIONS 8 -> 32), no_kubernetes and gc_freeze (the operator's own aiohttp client and
 `slotkeeper run` hiding the official client from kopf; gc.freeze after start-up: launcher.py has
 BENCH_OFFICIAL_CLIENT / BENCH_NO_GC_FREEZE to measure without them).
 """
@@ -81,23 +81,7 @@ def malloc_trim() -> None:
     signal.signal(signal.SIGUSR2, lambda *_: libc.malloc_trim(0))
 
 
-def connections_32() -> None:
-    """KubeApi's max_connections 32 instead of 8: more of the operator's requests under way at once."""
-    from slotkeeper.cli import official_client_hidden
-
-    with official_client_hidden():  # kube_api imports kopf: as `slotkeeper run` does
-        import slotkeeper.kube_api
-
-    init = slotkeeper.kube_api.KubeApi.__init__
-
-    def wider(self, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self.max_connections = max(self.max_connections, 32)
-
-    slotkeeper.kube_api.KubeApi.__init__ = wider
-
-
-ALL = {f.__name__: f for f in (memory_dump, malloc_trim, quiet_logs, no_selectors, connections_32)}  # in this order
+ALL = {f.__name__: f for f in (memory_dump, malloc_trim, quiet_logs, no_selectors)}  # in this order
 
 
 def apply(names: list[str]) -> None:

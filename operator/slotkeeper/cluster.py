@@ -46,7 +46,7 @@ from .actions import (Action, ApplyAutoscaler, ApplyCronJob, ApplyDeployment, Ap
                       CreateJob, CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteCronJob, DeleteRoute,
                       EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
-from .kube_api import ApiError, KubeApi, api_path
+from .kube_api import MAX_CONNECTIONS, ApiError, KubeApi, api_path
 from .render import KEY_NAMES, render_keys_secret, slot_object_name
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -86,7 +86,7 @@ class Cluster:
     """``api``: a :class:`KubeApi`, or what :func:`slotkeeper.client_config.as_connection` takes (a
     ``kopf.ConnectionInfo``; tests: an official client ``Configuration`` or ``ApiClient``)."""
 
-    def __init__(self, api: Any, max_workers: int = 8,
+    def __init__(self, api: Any, max_workers: int = MAX_CONNECTIONS,
                  request_timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
         if not isinstance(api, KubeApi):
             from .client_config import as_connection

@@ -8,9 +8,11 @@ event loop, authenticated from a :class:`kopf.ConnectionInfo` as kopf's watches 
 server, CA, client certificate, token and proxy (``ConnectionInfo.as_ssl_context`` and
 ``as_http_headers``).
 
-At most ``max_connections`` requests are under way at once (the others wait for a connection, as
-they waited for one of the official client's threads); the timeouts count from the request's own
-connection, not from the wait: to connect, and between two reads of the answer.
+At most ``max_connections`` requests are under way at once (the others wait for a connection); the
+timeouts count from the request's own connection, not from the wait: to connect, and between two
+reads of the answer. 32 by default: creating 1,000 endpoints at once, 8 connections (the official
+client's thread pool before) made 42 endpoints/s, 32 made 54/s and 96 no more (46/s; benchmarks/operator,
+RESULTS.md); well inside an apiserver's default --max-requests-inflight of 400.
 
 A 401 logs in again once (``relogin``: a rotated service-account token or a refreshed kubeconfig
 token) and repeats the request. Every other error answer is an :class:`ApiError` carrying the status
@@ -28,6 +30,7 @@ import kopf
 import orjson
 
 JSON = "application/json"
+MAX_CONNECTIONS = 32
 try:
     USER_AGENT = f"slotkeeper/{importlib.metadata.version('slotkeeper')}"
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
@@ -60,7 +63,7 @@ class KubeApi:
     """Requests to one apiserver. The session is made in the running event loop on first use."""
 
     def __init__(self, connection: kopf.ConnectionInfo, *, request_timeout: tuple[float, float] = (5, 30),
-                 max_connections: int = 8, relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
+                 max_connections: int = MAX_CONNECTIONS, relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
         self.connection = connection
         self.request_timeout = request_timeout
         self.max_connections = max_connections
