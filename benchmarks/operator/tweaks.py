@@ -81,7 +81,43 @@ def malloc_trim() -> None:
     signal.signal(signal.SIGUSR2, lambda *_: libc.malloc_trim(0))
 
 
-ALL = {f.__name__: f for f in (memory_dump, malloc_trim, quiet_logs, no_selectors)}  # in this order
+def count_passes() -> None:
+    """Not a change: how many reconcile passes the operator makes, and how many of them write
+    nothing (a pass woken by the echo of its own writes, say). Printed every 5 s:
+    ``BENCH passes <all> <writing nothing>``."""
+    import asyncio
+
+    from slotkeeper.cli import official_client_hidden
+
+    with official_client_hidden():
+        import slotkeeper.reconciler
+
+    counts = {"all": 0, "idle": 0}
+    reconcile = slotkeeper.reconciler.EndpointReconciler.reconcile
+
+    async def counted(self: Any, body: Any, sources: Any) -> float:
+        before = (self.writes_done, self.written_status)
+        try:
+            return await reconcile(self, body, sources)
+        finally:
+            counts["all"] += 1
+            counts["idle"] += (self.writes_done, self.written_status) == before
+
+    slotkeeper.reconciler.EndpointReconciler.reconcile = counted
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(5)
+            print(f"BENCH passes {counts['all']} {counts['idle']}", flush=True)
+
+    import kopf
+
+    @kopf.on.startup(id="count_passes")
+    async def start_reporting(**_: Any) -> None:
+        asyncio.get_running_loop().create_task(report())
+
+
+ALL = {f.__name__: f for f in (memory_dump, malloc_trim, quiet_logs, no_selectors, count_passes)}  # in this order
 
 
 def apply(names: list[str]) -> None:

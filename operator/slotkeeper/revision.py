@@ -14,13 +14,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 
 from .api import ModelEndpointSpec
 
 REVISION_LENGTH = 10
+# The revision of each live spec object, computed once: the reconciler keeps one validated spec per
+# generation and every pass asks. By object, weakly (an entry goes with its spec), not a
+# cached_property on the model: model_copy() would carry that over to a changed copy.
+_KNOWN: dict[int, tuple[weakref.ref, str]] = {}
 
 
 def revision_of(spec: ModelEndpointSpec) -> str:
+    key = id(spec)
+    known = _KNOWN.get(key)
+    if known is not None and known[0]() is spec:
+        return known[1]
+    revision = compute_revision(spec)
+    _KNOWN[key] = (weakref.ref(spec, lambda _, key=key: _KNOWN.pop(key, None)), revision)
+    return revision
+
+
+def compute_revision(spec: ModelEndpointSpec) -> str:
     identity = {
         "model": spec.model.to_api(),
         "serving": spec.serving.model_copy(update={"replicas": 0, "autoscaling": None,

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from slotkeeper_serving import protocol
 from slotkeeper_serving.protocol import (
     DATATYPES,
     ProtocolError,
@@ -114,6 +115,72 @@ def test_malformed_binary_bodies_name_the_problem(body, length, message):
         parse_infer_request(body, length)
     assert caught.value.status == 400
     assert message in caught.value.message
+
+
+def _header_of(shape, datatype, size):
+    return orjson.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": datatype,
+                                     "parameters": {"binary_data_size": size}}]})
+
+
+@pytest.mark.parametrize(
+    "shape, datatype, size, valid, malformed, message",
+    [
+        ([2], "FP32", 8, b"\0" * 8, b"\0" * 4, "only 4 bytes of binary data are left"),
+        ([1], "FP32", 4, b"\0" * 4, b"\0" * 8, "4 bytes of binary data after the last input"),
+        ([2], "BOOL", 2, b"\x01\x00", b"\x01\x02", "BOOL binary data must be bytes 0 or 1"),
+        ([1], "BYTES", 6, b"\x02\0\0\0ab", b"\x05\0\0\0ab", "declares 5 bytes but only 2 are left"),
+        ([1], "BYTES", 6, b"\x02\0\0\0ab", b"\x02\0\0\0\xff\xfe", "not valid UTF-8"),
+        ([1], "BYTES", 7, b"\x03\0\0\0abc", b"\x02\0\0\0abc", "1 bytes of BYTES binary data left after 1 elements"),
+    ],
+)
+def test_a_remembered_header_checks_every_body_as_a_first_parse_does(shape, datatype, size, valid, malformed, message):
+    header = _header_of(shape, datatype, size)
+    parse_infer_request(header + valid, len(header))
+    assert header in protocol._BINARY_HEADERS  # the malformed body below meets the remembered header
+    with pytest.raises(ProtocolError) as caught:
+        parse_infer_request(header + malformed, len(header))
+    assert caught.value.status == 400 and message in caught.value.message
+
+
+def test_a_repeated_binary_header_is_decoded_once_and_gives_the_same_request(monkeypatch):
+    array = sample("FP32")
+    body, length = binary_body({"x": array}, {"x": "FP32"}, parameters={"binary_data_output": True, "note": 1},
+                               outputs=[{"name": "predict", "parameters": {"binary_data": False}}])
+    first = parse_infer_request(body, length)
+
+    def no_json(*_):
+        raise AssertionError("the JSON part was decoded again")
+
+    monkeypatch.setattr(protocol.orjson, "loads", no_json)
+    second = parse_infer_request(body[:length] + tensor_bytes("FP32", array / 2), length)
+    assert second.inputs[0].array.tobytes() == (array / 2).tobytes()
+    assert second.inputs[0].array.dtype == first.inputs[0].array.dtype and second.inputs[0].shape == (2, 3)
+    assert (second.output_names, second.binary_default, second.output_binary) == (
+        first.output_names, first.binary_default, first.output_binary) == (("predict",), True, {"predict": False})
+    assert second.parameters == first.parameters and second.parameters is not first.parameters
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [pytest.param({"id": "r-1"}, id="with-an-id"), pytest.param({"json_input": True}, id="with-json-data")],
+)
+def test_headers_that_change_per_request_are_not_remembered(extra):
+    inputs = [{"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]
+    if extra.pop("json_input", False):
+        inputs.append({"name": "y", "shape": [1], "datatype": "FP32", "data": [0.5]})
+    header = orjson.dumps({"inputs": inputs, **extra})
+    request = parse_infer_request(header + b"\0" * 4, len(header))
+    assert len(request.inputs) == len(inputs)
+    assert header not in protocol._BINARY_HEADERS
+
+
+def test_the_remembered_headers_are_bounded(monkeypatch):
+    monkeypatch.setattr(protocol, "BINARY_HEADERS_KEPT", 3)
+    protocol._BINARY_HEADERS.clear()
+    for n in range(1, 8):
+        header = _header_of([n], "FP32", 4 * n)
+        parse_infer_request(header + b"\0" * 4 * n, len(header))
+        assert len(protocol._BINARY_HEADERS) <= 3
 
 
 def test_binary_data_size_without_the_header_is_refused():

@@ -99,7 +99,7 @@ def test_a_cluster_from_credentials_sends_with_them_and_the_default_timeouts():
     info = kopf.ConnectionInfo(server="https://apiserver.example", token="t")
     cluster = Cluster(info)
     assert isinstance(cluster.api, KubeApi) and cluster.connection is info
-    assert (cluster.request_timeout, cluster.api.max_connections) == ((5, 30), 8)
+    assert (cluster.request_timeout, cluster.api.max_connections) == ((5, 30), 32)
     custom = Cluster(info, max_workers=2, request_timeout=(1, 3))
     assert (custom.request_timeout, custom.api.max_connections) == ((1, 3), 2)
 

@@ -120,7 +120,10 @@ def parse_infer_request(body: bytes, json_length: int | None = None) -> InferReq
             raise ProtocolError(
                 f"Inference-Header-Content-Length is {json_length} but the body has only {len(body)} bytes"
             )
-        header, binary = body[:json_length], memoryview(body)[json_length:]
+        header, binary = bytes(body[:json_length]), memoryview(body)[json_length:]
+        known = _BINARY_HEADERS.get(header)
+        if known is not None:
+            return known.bind(binary)
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -177,13 +180,72 @@ def parse_infer_request(body: bytes, json_length: int | None = None) -> InferReq
                     output_binary = {}
                 output_binary[raw["name"]] = flag
         output_names = tuple(output_names)
-    return InferRequest(
+    request = InferRequest(
         id=request_id,
         inputs=inputs,
         output_names=output_names,
         parameters=parameters,
         binary_default=binary_default,
         output_binary=output_binary,
+    )
+    if binary is not None and request_id is None:
+        _remember_binary_header(header, raw_inputs, request)
+    return request
+
+
+# A client of the binary extension sends the same JSON part with every request of one shape
+# (tritonclient does): once one parsed and validated in full, the next ones with the very same
+# bytes skip orjson and the checks, and only their binary data is read (sizes checked, as below).
+# Headers with an "id" differ per request and are not kept; nor are those with any JSON "data".
+_BINARY_HEADERS: dict[bytes, _BinaryHeader] = {}
+BINARY_HEADERS_KEPT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _BinaryInput:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _BinaryHeader:
+    inputs: tuple[_BinaryInput, ...]
+    output_names: tuple[str, ...] | None
+    parameters: dict[str, Any]
+    binary_default: bool
+    output_binary: dict[str, bool] | None
+
+    def bind(self, binary: memoryview) -> InferRequest:
+        reader = _BinaryReader(binary)
+        tensors = []
+        for spec in self.inputs:
+            where = f"input {spec.name!r}"
+            array = _binary_to_array(reader.take(spec.size, where), spec.datatype, spec.shape, where)
+            tensors.append(Tensor(name=spec.name, datatype=spec.datatype, shape=spec.shape, array=array))
+        reader.finish()
+        return InferRequest(
+            id=None,
+            inputs=tuple(tensors),
+            output_names=self.output_names,
+            parameters=dict(self.parameters),  # each request its own: a model may add to it
+            binary_default=self.binary_default,
+            output_binary=self.output_binary,
+        )
+
+
+def _remember_binary_header(header: bytes, raw_inputs: list[Any], request: InferRequest) -> None:
+    if not all("binary_data_size" in (raw.get("parameters") or {}) for raw in raw_inputs):
+        return
+    inputs = tuple(
+        _BinaryInput(t.name, t.datatype, t.shape, raw["parameters"]["binary_data_size"])
+        for t, raw in zip(request.inputs, raw_inputs, strict=True)
+    )
+    if len(_BINARY_HEADERS) >= BINARY_HEADERS_KEPT:  # many shapes or clients: start again
+        _BINARY_HEADERS.clear()
+    _BINARY_HEADERS[bytes(header)] = _BinaryHeader(
+        inputs, request.output_names, dict(request.parameters), request.binary_default, request.output_binary
     )
 
 
@@ -417,7 +479,10 @@ def tensor_bytes(datatype: str, array: np.ndarray) -> bytes:
         return b"".join(parts)
     if datatype == "BOOL":
         return np.ascontiguousarray(array, dtype=np.bool_).tobytes()
-    return np.ascontiguousarray(array, dtype=_WIRE_DTYPES[datatype]).tobytes()
+    wire = _WIRE_DTYPES[datatype]
+    if array.dtype == wire and array.flags.c_contiguous:  # the common case on little-endian hosts
+        return array.tobytes()
+    return np.ascontiguousarray(array, dtype=wire).tobytes()
 
 
 def encode_infer_response(
