@@ -29,6 +29,7 @@ from .checks.access import make_slot_access
 from .checks.runner import CheckRunner
 from .client_config import as_connection, load_connection
 from .cluster import Cluster
+from .gc_freezing import keep_frozen
 from .kopf_tuning import NoDiffBase, decode_watch_lines_with_orjson
 from .kube_api import ApiError, KubeApi
 from .loops import EndpointLoop, EndpointLoops, Key
@@ -111,6 +112,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         gc.collect()
         gc.freeze()
         log.info("start-up objects frozen out of the garbage collector's sight: %d", gc.get_freeze_count())
+        # And again after each burst of new (or deleted) endpoints has settled (gc_freezing.py).
+        loops = memo.loops
+        memo.refreezing = asyncio.get_running_loop().create_task(keep_frozen(lambda: len(loops)))
 
 
 async def _start_metrics(memo: kopf.Memo) -> None:
@@ -126,6 +130,9 @@ async def _start_metrics(memo: kopf.Memo) -> None:
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    refreezing = getattr(memo, "refreezing", None)
+    if refreezing is not None:
+        refreezing.cancel()
     loops = getattr(memo, "loops", None)
     if loops is not None:
         await loops.stop_all()

@@ -50,6 +50,10 @@ class EndpointLoops:
         # again under the same name gets a loop of its own at once.
         self._stopping: list[EndpointLoop] = []
 
+    def __len__(self) -> int:
+        """Endpoints with a running loop."""
+        return len(self._loops)
+
     def __contains__(self, key: Key) -> bool:
         """A loop runs for ``key``, or one is still finishing its last pass."""
         return key in self._loops or any(loop.key == key for loop in self._stopping)
