@@ -221,7 +221,10 @@ async def endpoint_changed(
         await reconcile_endpoint(key, loop, memo, slot_deployments, slot_pods, endpoint_services,
                                  slot_autoscalers, slot_disruption_budgets, endpoint_routes, monitor_jobs)
 
-    memo.loops.seen(key, body, run)
+    if not memo.loops.seen(key, body, run) and getattr(memo, "metrics", None) is not None:
+        # The loop is not woken for the echo of its own status write; the metrics still show the
+        # status as the watch does, as that pass would have.
+        memo.metrics.observe_endpoint(key, body.get("status"), monitored=bool((body.get("spec") or {}).get("monitor")))
 
 
 # ------------------------------------------------------------------------- the reconcile loop
@@ -261,6 +264,7 @@ async def reconcile_endpoint(
                 return  # the endpoint is gone
             if reconciler.written_status is not None:  # passes read their own last write, not the watch's copy
                 loop.body.pop("status", None)
+                loop.written_status = reconciler.written_status
             await _sleep(loop, delay)
     finally:
         if reconciler.metrics is not None:  # deleted, or this instance stops: its series go

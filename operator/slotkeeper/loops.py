@@ -26,6 +26,22 @@ class EndpointLoop:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    written_status: Mapping[str, Any] | None = None  # the status its last finished pass left (handlers.py)
+
+
+# What a status write of the loop's own leaves as it was: an event differing from the body the loop
+# has in nothing else is the echo of that write (resourceVersion and managedFields aside).
+UNCHANGED_BY_A_STATUS_WRITE = ("uid", "generation", "labels", "annotations", "finalizers", "deletionTimestamp")
+
+
+def only_own_status(loop: EndpointLoop, body: Mapping[str, Any]) -> bool:
+    """The endpoint as the watch shows it is the loop's own last status write and nothing new:
+    waking the loop would make a pass with nothing to do (a third of all passes at 1,000 endpoints)."""
+    written = loop.written_status
+    if written is None or body.get("status") != written or body.get("spec") != loop.body.get("spec"):
+        return False
+    meta, before = body.get("metadata") or {}, loop.body.get("metadata") or {}
+    return all(meta.get(key) == before.get(key) for key in UNCHANGED_BY_A_STATUS_WRITE)
 
 
 def kept_body(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,15 +75,20 @@ class EndpointLoops:
         return key in self._loops or any(loop.key == key for loop in self._stopping)
 
     def seen(self, key: Key, body: Mapping[str, Any],
-             run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> None:
-        """The endpoint exists as ``body``: hand it to its loop (starting one if none runs) and wake it."""
+             run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> bool:
+        """The endpoint exists as ``body``: hand it to its loop (starting one if none runs) and wake it;
+        not woken (False) when the body only shows the loop's own last status write."""
         body = kept_body(body)
         loop = self._loops.get(key)
         if loop is None or (loop.task is not None and loop.task.done()):
             loop = self._loops[key] = EndpointLoop(key=key, body=body)
             loop.task = asyncio.create_task(self._run(key, loop, run), name=f"slotkeeper:{key[0]}/{key[1]}")
+        elif only_own_status(loop, body):
+            loop.body = body
+            return False
         loop.body = body
         loop.wakeup.set()
+        return True
 
     async def _run(self, key: Key, loop: EndpointLoop, run: Callable[[Key, EndpointLoop], Awaitable[None]]) -> None:
         try:

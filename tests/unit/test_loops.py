@@ -191,3 +191,43 @@ async def test_once_its_status_is_written_a_loop_keeps_the_endpoint_without_the_
     assert bodies == [body]  # the first pass had the watch's status
     assert loop.body == {"metadata": {"name": "credit"}, "spec": {}}
     await loops.stop_all()
+
+
+def endpoint(status=None, spec=None, **meta) -> dict:
+    return {"metadata": {"name": "credit", "namespace": "ml", "uid": "u1", "generation": 1, "resourceVersion": "5",
+                         **meta},
+            "spec": spec or {"model": {"name": "m"}}, **({"status": status} if status is not None else {})}
+
+
+async def test_the_echo_of_the_loops_own_status_write_does_not_wake_it_but_anything_else_does():
+    loops, run = EndpointLoops(), Recorder()
+    assert loops.seen(KEY, endpoint(), run)
+    await run.next_pass()
+    loop = loops._loops[KEY]
+    loop.written_status = {"phase": "Healthy", "stableRevision": "abc"}
+    echo = endpoint(status={"phase": "Healthy", "stableRevision": "abc"}, resourceVersion="6",
+                    managedFields=[{"manager": "slotkeeper"}])
+    assert loops.seen(KEY, echo, run) is False
+    await asyncio.sleep(0.05)
+    assert len(run.passes) == 1 and loop.body["metadata"]["resourceVersion"] == "6"  # kept, not woken
+    news = [
+        endpoint(status={"phase": "Degraded", "stableRevision": "abc"}),  # someone else's status write
+        endpoint(status={"phase": "Healthy", "stableRevision": "abc"}, spec={"model": {"name": "n"}}),
+        endpoint(status={"phase": "Healthy", "stableRevision": "abc"}, generation=2),
+        endpoint(status={"phase": "Healthy", "stableRevision": "abc"}, annotations={"slotkeeper.io/rollback": "1"}),
+        endpoint(status={"phase": "Healthy", "stableRevision": "abc"}, deletionTimestamp="2026-12-01T00:00:00Z"),
+    ]
+    for body in news:
+        assert loops.seen(KEY, body, run) is True
+        await run.next_pass()
+    assert len(run.passes) == 1 + len(news)
+    await loops.stop_all()
+
+
+async def test_before_its_first_write_every_event_wakes_the_loop():
+    loops, run = EndpointLoops(), Recorder()
+    loops.seen(KEY, endpoint(), run)
+    await run.next_pass()
+    assert loops.seen(KEY, endpoint(status={}), run) is True  # nothing written yet: {} is not an echo
+    await run.next_pass()
+    await loops.stop_all()
