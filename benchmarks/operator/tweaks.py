@@ -83,8 +83,8 @@ def malloc_trim() -> None:
 
 def count_passes() -> None:
     """Not a change: how many reconcile passes the operator makes, and how many of them write
-    nothing (a pass woken by the echo of its own writes, say). Printed every 5 s:
-    ``BENCH passes <all> <writing nothing>``."""
+    nothing (a pass woken by the echo of its own writes, say), and how many endpoint events did not
+    wake a loop. Printed every 5 s: ``BENCH passes <all> <writing nothing> endpoint events <n> not waking <n>``."""
     import asyncio
 
     from slotkeeper.cli import official_client_hidden
@@ -105,10 +105,24 @@ def count_passes() -> None:
 
     slotkeeper.reconciler.EndpointReconciler.reconcile = counted
 
+    import slotkeeper.loops
+
+    seen = slotkeeper.loops.EndpointLoops.seen
+    counts["echoes"] = counts["events"] = 0
+
+    def counted_seen(self: Any, key: Any, body: Any, run: Any) -> bool:
+        woken = seen(self, key, body, run)
+        counts["events"] += 1
+        counts["echoes"] += not woken
+        return woken
+
+    slotkeeper.loops.EndpointLoops.seen = counted_seen
+
     async def report() -> None:
         while True:
             await asyncio.sleep(5)
-            print(f"BENCH passes {counts['all']} {counts['idle']}", flush=True)
+            print(f"BENCH passes {counts['all']} {counts['idle']} endpoint events {counts['events']}"
+                  f" not waking {counts['echoes']}", flush=True)
 
     import kopf
 
