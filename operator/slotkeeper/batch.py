@@ -295,7 +295,8 @@ def decide_batch(step: _Step) -> None:
     owner = step.endpoint.owner
     # Rendered only for schedules to keep: most endpoints have none, and rendering costs a slot
     # Deployment per pass (a tenth of the operator's CPU at 1,000 endpoints created at once).
-    template = stable_pod_template(owner, step.spec, step.status) if any(j.schedule is not None for j in spec_jobs) else None
+    scheduled = any(job.schedule is not None for job in spec_jobs)
+    template = stable_pod_template(owner, step.spec, step.status) if scheduled else None
     schedules, actions, waiting = decide_schedules(owner, spec_jobs, list(state.schedules), template,
                                                    step.status.stable_revision)
     pinned = {record.name: record.revision for record in state.schedules}

@@ -43,7 +43,8 @@ class Refreezer:
             self.last_count, self.last_change = count, now
             return False
         moved = abs(count - self.frozen_at_count)
-        return moved >= max(MIN_CHANGE, CHANGE_FRACTION * self.frozen_at_count) and now - self.last_change >= SETTLE_SECONDS
+        settled = now - self.last_change >= SETTLE_SECONDS
+        return settled and moved >= max(MIN_CHANGE, CHANGE_FRACTION * self.frozen_at_count)
 
     def frozen(self, count: int) -> None:
         self.frozen_at_count = count

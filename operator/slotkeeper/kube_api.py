@@ -63,7 +63,8 @@ class KubeApi:
     """Requests to one apiserver. The session is made in the running event loop on first use."""
 
     def __init__(self, connection: kopf.ConnectionInfo, *, request_timeout: tuple[float, float] = (5, 30),
-                 max_connections: int = MAX_CONNECTIONS, relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
         self.connection = connection
         self.request_timeout = request_timeout
         self.max_connections = max_connections

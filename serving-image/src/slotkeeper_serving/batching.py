@@ -11,8 +11,9 @@ once (after `max_delay` seconds, 0 by default), and requests arriving while the
 model is busy queue and go together in the next call, up to `max_rows` rows.
 Only requests with the same input dtype and the same requested outputs are
 combined. A batch of at most `inline_rows` rows (0 unless the model says its
-call is that cheap: forestpath.py) is predicted on the event loop itself. If a combined call raises (one request's rows are bad, say), every
-request in it is retried on its own, so a failing row fails only its request.
+call is that cheap: forestpath.py) is predicted on the event loop itself. If
+a combined call raises (one request's rows are bad, say), every request in it
+is retried on its own, so a failing row fails only its request.
 """
 
 from __future__ import annotations
