@@ -77,3 +77,39 @@ def test_the_loop_refreezes_when_due(monkeypatch):
 
     asyncio.run(scenario())
     assert calls == ["refreeze"] and refreezer.frozen_at_count == 1000
+
+
+def test_the_operator_keeps_refreezing_from_start_up_to_clean_up(monkeypatch):
+    from slotkeeper import handlers
+
+    import kopf
+
+    monkeypatch.setattr(handlers, "_start_metrics", lambda memo: asyncio.sleep(0))
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # the test process keeps its collector as it is
+
+    class Loops:
+        def __len__(self) -> int:
+            return 0
+
+        async def stop_all(self) -> None:
+            return None
+
+    class Closable:
+        async def aclose(self) -> None:
+            return None
+
+        async def close(self) -> None:
+            return None
+
+    async def scenario():
+        memo = kopf.Memo(cluster=Closable(), slot_access=object(), loops=Loops(), http=Closable(), metrics=object(),
+                         gc_freeze=True)
+        await handlers.configure(settings=kopf.OperatorSettings(), memo=memo)
+        task = memo.refreezing
+        await asyncio.sleep(0)
+        assert not task.done()
+        await handlers.close(memo=memo)
+        await asyncio.sleep(0)
+        assert task.cancelled()  # by close(), not by asyncio.run's own clean-up after the scenario
+
+    asyncio.run(scenario())
