@@ -46,7 +46,7 @@ from .actions import (Action, ApplyAutoscaler, ApplyCronJob, ApplyDeployment, Ap
                       CreateJob, CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteCronJob, DeleteRoute,
                       EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
 from .api import GROUP, PLURAL, VERSION
-from .kube_api import MAX_CONNECTIONS, ApiError, KubeApi, api_path
+from .kube_api import MAX_CONNECTIONS, REQUEST_TIMEOUT, ApiError, KubeApi, api_path
 from .render import KEY_NAMES, render_keys_secret, slot_object_name
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -54,7 +54,6 @@ JSON_PATCH = "application/json-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 FIELD_MANAGER = "slotkeeper"
 HANDOVER_MANAGER = "slotkeeper-handover"
-REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
 KEY_BYTES = 32  # random bytes per generated key (43 URL-safe characters)
 
 # (content type, query parameters) of each kind of write
@@ -132,6 +131,13 @@ class Cluster:
     async def aclose(self) -> None:
         await self.api.close()
 
+    async def _delete(self, resource: tuple[str, str, str], namespace: str, name: str) -> None:
+        try:
+            await self.request("DELETE", resource, namespace, name)
+        except ApiError as error:
+            if error.status != 404:  # gone already: what was asked
+                raise
+
     # ------------------------------------------------------------------------------------ actions
     async def apply(self, namespace: str, endpoint: str, action: Action, post_event: Callable[..., None]) -> None:
         if isinstance(action, ApplyDeployment):
@@ -149,11 +155,7 @@ class Cluster:
             await self.request("PATCH", AUTOSCALERS, namespace, action.body["metadata"]["name"], action.body,
                                write=APPLY)
         elif isinstance(action, DeleteAutoscaler):
-            try:
-                await self.request("DELETE", AUTOSCALERS, namespace, slot_object_name(endpoint, action.slot))
-            except ApiError as error:
-                if error.status != 404:  # gone already: what was asked
-                    raise
+            await self._delete(AUTOSCALERS, namespace, slot_object_name(endpoint, action.slot))
         elif isinstance(action, ApplyDisruptionBudget):
             await self.request("PATCH", DISRUPTION_BUDGETS, namespace, action.body["metadata"]["name"], action.body,
                                write=APPLY)
@@ -190,17 +192,9 @@ class Cluster:
             await self.request("PATCH", CRONJOBS, namespace, action.body["metadata"]["name"], action.body,
                                write=APPLY)
         elif isinstance(action, DeleteCronJob):
-            try:
-                await self.request("DELETE", CRONJOBS, namespace, action.name)
-            except ApiError as error:
-                if error.status != 404:  # gone already: what was asked
-                    raise
+            await self._delete(CRONJOBS, namespace, action.name)
         elif isinstance(action, DeleteRoute):
-            try:
-                await self.request("DELETE", HTTPROUTES, namespace, action.name)
-            except ApiError as error:
-                if error.status != 404:  # gone already (or HTTPRoutes not served): what was asked
-                    raise
+            await self._delete(HTTPROUTES, namespace, action.name)  # 404 also: HTTPRoutes not served
         elif isinstance(action, EmitEvent):
             post_event(type=action.type, reason=action.reason, message=action.message)
         else:  # pragma: no cover - a new action type without its I/O is a programming error

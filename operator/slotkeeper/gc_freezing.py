@@ -20,7 +20,7 @@ import asyncio
 import gc
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class Refreezer:
     """Decides when to freeze again: pure, fed the endpoint count and the monotonic time."""
     frozen_at_count: int = 0
     last_count: int = 0
-    last_change: float = field(default=0.0)
+    last_change: float = 0.0
 
     def due(self, count: int, now: float) -> bool:
         if count != self.last_count:

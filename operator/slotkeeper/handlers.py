@@ -224,7 +224,7 @@ async def endpoint_changed(
     if not memo.loops.seen(key, body, run) and getattr(memo, "metrics", None) is not None:
         # The loop is not woken for the echo of its own status write; the metrics still show the
         # status as the watch does, as that pass would have.
-        memo.metrics.observe_endpoint(key, body.get("status"), monitored=bool((body.get("spec") or {}).get("monitor")))
+        memo.metrics.observe_body(key, body)
 
 
 # ------------------------------------------------------------------------- the reconcile loop

@@ -31,6 +31,7 @@ import orjson
 
 JSON = "application/json"
 MAX_CONNECTIONS = 32
+REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
 try:
     USER_AGENT = f"slotkeeper/{importlib.metadata.version('slotkeeper')}"
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
@@ -62,7 +63,7 @@ def api_path(group: str, version: str, plural: str, namespace: str | None = None
 class KubeApi:
     """Requests to one apiserver. The session is made in the running event loop on first use."""
 
-    def __init__(self, connection: kopf.ConnectionInfo, *, request_timeout: tuple[float, float] = (5, 30),
+    def __init__(self, connection: kopf.ConnectionInfo, *, request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
                  max_connections: int = MAX_CONNECTIONS,
                  relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
         self.connection = connection

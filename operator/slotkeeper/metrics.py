@@ -194,6 +194,10 @@ class OperatorMetrics:
         with self._lock:
             return key in self._seen
 
+    def observe_body(self, key: Key, body: Mapping[str, Any]) -> None:
+        """observe_endpoint for an endpoint body as the watch delivered it."""
+        self.observe_endpoint(key, body.get("status"), monitored=bool((body.get("spec") or {}).get("monitor")))
+
     def observe_endpoint(self, key: Key, raw_status: Mapping[str, Any] | None, monitored: bool) -> None:
         """The endpoint's status as the watch shows it now: gauges, and counters of what is new."""
         status = parse_status(raw_status)

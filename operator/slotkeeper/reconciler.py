@@ -115,8 +115,7 @@ class EndpointReconciler:
         # endpoint has no status yet either: that one is news (Pending).
         key = (self.namespace, self.name)
         if self.metrics is not None and ("status" in body or not self.metrics.knows(key)):
-            self.metrics.observe_endpoint(key, body.get("status"),
-                                          monitored=bool((body.get("spec") or {}).get("monitor")))
+            self.metrics.observe_body(key, body)
         try:
             spec = self._spec(meta.get("generation"), body.get("spec") or {})
         except ValidationError as error:
