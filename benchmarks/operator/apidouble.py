@@ -8,7 +8,12 @@ replays from a resourceVersion), with
   so it sees only the request at hand; KMock's list of served resources, which the harness asks
   for on every request, iterates over every stored object (2.6 ms per request with 10,000
   objects), so the store counts its keys by resource; copy.deepcopy in the harness (merge
-  patches, strategic-merge lists, Kube.peek) becomes an orjson round trip;
+  patches, strategic-merge lists, Kube.peek) becomes an orjson round trip; KMock renders JSON answers and watch lines with orjson instead of the
+  standard library (the same documents; only insignificant whitespace differs); a request to a
+  resource goes straight to the reaction that the first request of its shape (method, action,
+  subresource, namespaced or not, named or not) matched, instead of checking every reaction
+  in priority order again (the harness's reactions for resources match on method and action;
+  check_double.py compares the answers with the harness's);
 * counts of the operator's requests by verb and resource, of the TCP connections it opened, of
   the objects listed and watch events sent to it, and the label selectors its lists and watches
   asked for (the benchmark's own requests carry KMock's User-Agent and are not counted);
@@ -24,6 +29,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import functools
 import sys
 import time
 import types
@@ -32,8 +38,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import attrs
 import kmock
+import kmock._internal.apps as _kmock_apps  # private (kmock): the routing and the rendering
+import kmock._internal.rendering as _kmock_rendering
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "integration"))
@@ -76,6 +85,42 @@ def json_copy(value: Any, memo: Any = None) -> Any:
 
 # The harness module's uses of `copy` (merge patches, strategic-merge lists, Kube.peek) all copy JSON documents.
 kmock_cluster.copy = types.SimpleNamespace(deepcopy=json_copy)
+
+
+def _orjson_dumps(value: Any, **_: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# KMock's rendering: JSON answers through aiohttp.web.json_response, watch lines through json.dumps.
+_kmock_rendering.json = types.SimpleNamespace(dumps=_orjson_dumps)
+_kmock_rendering.aiohttp = types.SimpleNamespace(web=types.SimpleNamespace(
+    **{name: getattr(aiohttp.web, name) for name in dir(aiohttp.web) if not name.startswith("__")},
+))
+_kmock_rendering.aiohttp.web.json_response = functools.partial(aiohttp.web.json_response, dumps=_orjson_dumps)
+
+
+async def _routed(self: Any, request: kmock.Request) -> Any:
+    """kmock's RawHandler._handle (which the harness calls for every resource request after its
+    store logic) for a BenchEmulator: the reaction that matched the first request of this shape."""
+    if not isinstance(self, BenchEmulator):
+        return await _RawHandler._handle(self, request)
+    shape = (request.method, request.action, request.resource, request.subresource,
+             request.namespace is None, request.name is None)
+    payload = self._routes.get(shape)
+    if payload is None:
+        priorities = [tuple(-p for p in payload.priorities) for payload in self._payloads]
+        width = max(len(priority) for priority in priorities)
+        order = sorted(range(len(priorities)), key=lambda i: priorities[i] + (0,) * (width - len(priorities[i])))
+        payload = next(self._payloads[i] for i in order if request in self._payloads[i]._source)
+        self._routes[shape] = payload
+    return await payload(request)
+
+
+_RawHandler = _kmock_apps.RawHandler
+kmock_cluster._kmock_apps = types.SimpleNamespace(
+    **{name: getattr(_kmock_apps, name) for name in dir(_kmock_apps) if not name.startswith("__")},
+)
+kmock_cluster._kmock_apps.RawHandler = types.SimpleNamespace(_handle=_routed)
 
 
 class ObjectsByResource(dict):
@@ -144,6 +189,7 @@ class BenchEmulator(ClusterEmulator):
     healthy: set = attrs.field(factory=set, init=False)  # endpoints that have been Healthy
     on_selector: Callable[[str, str | None, float], None] | None = attrs.field(default=None, init=False)
     _transports: weakref.WeakSet = attrs.field(factory=weakref.WeakSet, init=False)
+    _routes: dict = attrs.field(factory=dict, init=False)  # request shape -> its reaction (_routed)
     _unready: asyncio.Queue = attrs.field(factory=asyncio.Queue, init=False)
 
     def __attrs_post_init__(self) -> None:

@@ -84,7 +84,9 @@ def malloc_trim() -> None:
 def count_passes() -> None:
     """Not a change: how many reconcile passes the operator makes, and how many of them write
     nothing (a pass woken by the echo of its own writes, say), and how many endpoint events did not
-    wake a loop. Printed every 5 s: ``BENCH passes <all> <writing nothing> endpoint events <n> not waking <n>``."""
+    wake a loop. Printed every 5 s: ``BENCH passes <all> <writing nothing> endpoint events <n> not waking <n>``,
+    then ``BENCH wakes {...}``: the passes by what woke them since the pass before (the resources
+    whose events woke the loop, "endpoint", or "timer": none) and whether they wrote anything."""
     import asyncio
 
     from slotkeeper.cli import official_client_hidden
@@ -92,16 +94,24 @@ def count_passes() -> None:
     with official_client_hidden():
         import slotkeeper.reconciler
 
+    import collections
+    import sys as _sys
+
     counts = {"all": 0, "idle": 0}
+    causes: dict = collections.defaultdict(set)  # endpoint key -> what woke its loop since its last pass
+    wakes: collections.Counter = collections.Counter()  # (causes, "writes"/"idle") -> passes
     reconcile = slotkeeper.reconciler.EndpointReconciler.reconcile
 
     async def counted(self: Any, body: Any, sources: Any) -> float:
         before = (self.writes_done, self.written_status)
+        woken_by = "+".join(sorted(causes.pop((self.namespace, self.name), ()))) or "timer"
         try:
             return await reconcile(self, body, sources)
         finally:
             counts["all"] += 1
-            counts["idle"] += (self.writes_done, self.written_status) == before
+            idle = (self.writes_done, self.written_status) == before
+            counts["idle"] += idle
+            wakes[woken_by, "idle" if idle else "writes"] += 1
 
     slotkeeper.reconciler.EndpointReconciler.reconcile = counted
 
@@ -114,15 +124,29 @@ def count_passes() -> None:
         woken = seen(self, key, body, run)
         counts["events"] += 1
         counts["echoes"] += not woken
+        if woken:
+            causes[key].add("endpoint")
         return woken
 
     slotkeeper.loops.EndpointLoops.seen = counted_seen
+    wake = slotkeeper.loops.EndpointLoops.wake
+
+    def counted_wake(self: Any, namespace: Any, name: Any) -> None:
+        # called from handlers.owned_object_changed: its kopf kwargs (`_`) name the resource
+        kwargs = _sys._getframe(1).f_locals.get("_") or {}
+        resource = kwargs.get("resource")
+        if (namespace or "", name or "") in self._loops:
+            causes[namespace or "", name or ""].add(getattr(resource, "plural", "?"))
+        wake(self, namespace, name)
+
+    slotkeeper.loops.EndpointLoops.wake = counted_wake
 
     async def report() -> None:
         while True:
             await asyncio.sleep(5)
             print(f"BENCH passes {counts['all']} {counts['idle']} endpoint events {counts['events']}"
                   f" not waking {counts['echoes']}", flush=True)
+            print(f"BENCH wakes {dict(wakes.most_common())}", flush=True)
 
     import kopf
 
