@@ -155,7 +155,31 @@ def count_passes() -> None:
         asyncio.get_running_loop().create_task(report())
 
 
-ALL = {f.__name__: f for f in (memory_dump, malloc_trim, quiet_logs, no_selectors, count_passes)}  # in this order
+def show_status_writes() -> None:
+    """Not a change: every status patch of the first 3 endpoints, with the wake-up the pass asked for
+    (``BENCH status <name> <patch>``), to see what each of a rollout's status writes is for."""
+    import json as _json
+
+    from slotkeeper.cli import official_client_hidden
+
+    with official_client_hidden():
+        import slotkeeper.cluster
+
+    shown: list = []
+    patch_status = slotkeeper.cluster.Cluster.patch_status
+
+    async def logged(self: Any, namespace: str, name: str, patch: dict) -> None:
+        if name in shown or len(shown) < 3:
+            if name not in shown:
+                shown.append(name)
+            print(f"BENCH status {name} {_json.dumps(patch, default=str)[:1500]}", flush=True)
+        await patch_status(self, namespace, name, patch)
+
+    slotkeeper.cluster.Cluster.patch_status = logged
+
+
+ALL = {f.__name__: f for f in (memory_dump, malloc_trim, quiet_logs, no_selectors, count_passes,
+                               show_status_writes)}  # in this order
 
 
 def apply(names: list[str]) -> None:

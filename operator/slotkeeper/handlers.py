@@ -264,7 +264,7 @@ async def reconcile_endpoint(
                 return  # the endpoint is gone
             if reconciler.written_status is not None:  # passes read their own last write, not the watch's copy
                 loop.body.pop("status", None)
-                loop.written_status = reconciler.written_status
+                loop.remember_written(reconciler.written_status)
             await _sleep(loop, delay)
     finally:
         if reconciler.metrics is not None:  # deleted, or this instance stops: its series go

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from slotkeeper.loops import EndpointLoops
+from slotkeeper.loops import EARLIER_STATUSES_KEPT, EndpointLoop, EndpointLoops
 
 KEY = ("ml", "credit")
 
@@ -222,6 +222,41 @@ async def test_the_echo_of_the_loops_own_status_write_does_not_wake_it_but_anyth
         await run.next_pass()
     assert len(run.passes) == 1 + len(news)
     await loops.stop_all()
+
+
+async def test_the_echo_of_an_earlier_status_write_does_not_wake_the_loop_until_the_last_ones_came():
+    """Two passes wrote A, then B, before the watch showed A: A's echo is no news either. Once B's
+    echo came, A's cannot come any more (a watch is ordered): A again is someone else's write."""
+    loops, run = EndpointLoops(), Recorder()
+    loops.seen(KEY, endpoint(), run)
+    await run.next_pass()
+    loop = loops._loops[KEY]
+    first, second = {"phase": "Progressing"}, {"phase": "Healthy"}
+    loop.remember_written(first)
+    loop.remember_written(dict(second))
+    loop.remember_written(second)  # the same status again (a pass that wrote nothing new) is not an earlier one
+    assert loop.earlier_statuses == [first] and loop.written_status is second
+    assert loops.seen(KEY, endpoint(status=first, resourceVersion="6"), run) is False
+    assert loops.seen(KEY, endpoint(status=second, resourceVersion="7"), run) is False
+    assert loop.earlier_statuses == []
+    await asyncio.sleep(0.05)
+    assert len(run.passes) == 1
+    assert loops.seen(KEY, endpoint(status=first, resourceVersion="8"), run) is True
+    await run.next_pass()
+    # an earlier status with a changed spec is news all the same
+    loop.remember_written(first)
+    loop.remember_written(second)
+    assert loops.seen(KEY, endpoint(status=first, spec={"model": {"name": "n"}}), run) is True
+    await run.next_pass()
+    await loops.stop_all()
+
+
+def test_a_loop_keeps_a_few_earlier_statuses_only():
+    loop = EndpointLoop(key=KEY, body={})
+    for phase in range(10):
+        loop.remember_written({"phase": str(phase)})
+    assert loop.written_status == {"phase": "9"}
+    assert loop.earlier_statuses == [{"phase": str(p)} for p in range(9 - EARLIER_STATUSES_KEPT, 9)]
 
 
 async def test_before_its_first_write_every_event_wakes_the_loop():
