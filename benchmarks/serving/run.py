@@ -5,7 +5,8 @@
 
 Groups, each measured on its own (its servers started together, measured in
 rounds: every case at concurrency 8, then 32, then 128, repeated --runs
-times, so drift hits all alike; then stopped):
+times, so drift hits all alike, every other round in the reverse order of
+cases; then stopped):
 
   linear        LogisticRegression, one 1x4 FP64 row (JSON): floor, slotkeeper,
                 slotkeeper-no-fastpath, mlserver, mlserver-inproc
@@ -465,6 +466,7 @@ def wrk(case: Case, concurrency: int, seconds: int, root: Path) -> dict:
     result["foreign_cpu"] = round(max(0.0, foreign) / elapsed, 3)
     result["steal_cpu"] = round(stolen / elapsed, 3)  # a neighbour VM: recorded, cannot be avoided
     result["server_preemptions"] = preempted_after - preempted
+    result["server_cpu_us"] = round((server_cpu_after - server_cpu) / max(result["requests"], 1) * 1e6, 2)
     if result["non_2xx"] or result["socket_errors"]:
         raise RuntimeError(
             f"{case.label}: {result['non_2xx']} non-2xx answers, {result['socket_errors']} socket errors"
@@ -532,7 +534,9 @@ def run_group(group: Group, args: argparse.Namespace, root: Path) -> tuple[list[
                 wrk(case, c, args.warmup, root)
         for run in range(1, args.runs + 1):
             for c in args.concurrencies:
-                for case in group.cases:
+                # Every other run in the reverse order: a case measured right after another on the same
+                # server (JSON, then binary) must not always be the one that comes second.
+                for case in group.cases if run % 2 else group.cases[::-1]:
                     if case.server.name in failures:
                         continue
                     try:
@@ -570,6 +574,9 @@ def summarize(runs: list[dict]) -> dict:
         "p99_ms_max": max(r["p99_us"] for r in runs) / 1000,
         "foreign_cpu_max": max(r["foreign_cpu"] for r in runs),
         "disturbed_runs": sum(r["disturbed"] for r in runs),
+        # per run: its req/s and the server's CPU per request (pairs of cases measured one after the other)
+        "rps_by_run": {r["run"]: r["rps"] for r in runs},
+        "cpu_us_by_run": {r["run"]: r["server_cpu_us"] for r in runs if "server_cpu_us" in r},
     }
 
 
@@ -604,14 +611,28 @@ def _p99_target(summary: dict, group: str, slack_ms: float) -> str | None:
 
 
 def _binary_target(summary: dict, shape: str, c: int, factor: float) -> str | None:
-    """Means against means: binary and JSON hit the same server, so drift hits both alike."""
+    """Means against means: binary and JSON hit the same server, so drift hits both alike. Each run
+    measures the two one right after the other (in alternating order), so the pairs are shown too:
+    the median of their ratios, how many binary won, and the server's CPU per request."""
     json_ = summary.get(("binary", f"slotkeeper {shape} JSON", c))
     binary = summary.get(("binary", f"slotkeeper {shape} binary", c))
     if not json_ or not binary:
         return None
     ratio = binary["rps_mean"] / json_["rps_mean"]
-    return (f"binary c={c}: {shape} binary {binary['rps_mean']:,.0f} req/s = {ratio:.2f}x JSON"
+    line = (f"binary c={c}: {shape} binary {binary['rps_mean']:,.0f} req/s = {ratio:.2f}x JSON"
             f" {json_['rps_mean']:,.0f} req/s (target >= {factor:g}x): {_verdict(ratio >= factor)}")
+    pairs = [binary["rps_by_run"][run] / json_["rps_by_run"][run]
+             for run in binary["rps_by_run"] if run in json_["rps_by_run"]]
+    if len(pairs) > 1:
+        line += (f"; per run {statistics.median(pairs):.2f}x (median of {len(pairs)},"
+                 f" binary faster in {sum(p > 1 for p in pairs)})")
+    cpu = [binary["cpu_us_by_run"][run] / json_["cpu_us_by_run"][run]
+           for run in binary["cpu_us_by_run"] if run in json_["cpu_us_by_run"]]
+    if cpu:
+        line += (f"; server CPU per request {statistics.median(binary['cpu_us_by_run'].values()):.1f} vs"
+                 f" {statistics.median(json_['cpu_us_by_run'].values()):.1f} µs (medians),"
+                 f" binary/JSON per run {statistics.median(cpu):.2f} (median)")
+    return line
 
 
 def verdicts(summary: dict) -> list[str]:
