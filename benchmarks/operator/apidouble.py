@@ -8,12 +8,13 @@ replays from a resourceVersion), with
   so it sees only the request at hand; KMock's list of served resources, which the harness asks
   for on every request, iterates over every stored object (2.6 ms per request with 10,000
   objects), so the store counts its keys by resource; copy.deepcopy in the harness (merge
-  patches, strategic-merge lists, Kube.peek) becomes an orjson round trip; KMock renders JSON answers and watch lines with orjson instead of the
-  standard library (the same documents; only insignificant whitespace differs); a request to a
-  resource goes straight to the reaction that the first request of its shape (method, action,
-  subresource, namespaced or not, named or not) matched, instead of checking every reaction
-  in priority order again (the harness's reactions for resources match on method and action;
-  check_double.py compares the answers with the harness's);
+  patches, strategic-merge lists, Kube.peek) becomes an orjson round trip; KMock renders JSON
+  answers and watch lines with orjson instead of the standard library (the same documents; only
+  insignificant whitespace differs); a request to a resource goes straight to the reaction that
+  the first request of its shape (method, action, resource, subresource, namespaced or not, named
+  or not) matched, instead of checking every reaction in priority order again (the harness's
+  reactions for resources match on method and action; check_double.py compares the answers with
+  the harness's);
 * counts of the operator's requests by verb and resource, of the TCP connections it opened, of
   the objects listed and watch events sent to it, and the label selectors its lists and watches
   asked for (the benchmark's own requests carry KMock's User-Agent and are not counted);
@@ -108,7 +109,8 @@ async def _routed(self: Any, request: kmock.Request) -> Any:
              request.namespace is None, request.name is None)
     payload = self._routes.get(shape)
     if payload is None:
-        priorities = [tuple(-p for p in payload.priorities) for payload in self._payloads]
+        # kmock's own order: priorities reversed, padded with zeroes to one length; the first that matches
+        priorities = [tuple(-p for p in reaction.priorities) for reaction in self._payloads]
         width = max(len(priority) for priority in priorities)
         order = sorted(range(len(priorities)), key=lambda i: priorities[i] + (0,) * (width - len(priorities[i])))
         payload = next(self._payloads[i] for i in order if request in self._payloads[i]._source)

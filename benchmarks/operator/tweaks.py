@@ -156,8 +156,8 @@ def count_passes() -> None:
 
 
 def show_status_writes() -> None:
-    """Not a change: every status patch of the first 3 endpoints, with the wake-up the pass asked for
-    (``BENCH status <name> <patch>``), to see what each of a rollout's status writes is for."""
+    """Not a change: every status patch of the first 3 endpoints (``BENCH status <name> <patch>``,
+    cut at 1,500 characters), to see what each of a rollout's status writes is for."""
     import json as _json
 
     from slotkeeper.cli import official_client_hidden
