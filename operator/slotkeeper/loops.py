@@ -33,7 +33,7 @@ class EndpointLoop:
 
     def remember_written(self, status: Mapping[str, Any]) -> None:
         """The status a pass left; the one before it is kept while its echo may still come."""
-        if self.written_status is not None and status is not self.written_status and status != self.written_status:
+        if self.written_status is not None and status != self.written_status:
             self.earlier_statuses = [*self.earlier_statuses[-(EARLIER_STATUSES_KEPT - 1):], self.written_status]
         self.written_status = status
 

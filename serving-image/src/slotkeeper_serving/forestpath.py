@@ -67,8 +67,8 @@ def compile_lean_outputs(estimator: Any, outputs: tuple[str, ...]) -> tuple[dict
                 return {}, f"lean forest {name} disagreed ({mismatch}); using the estimator"
         verified[name] = _guarded(_by_rows(*walks), getattr(estimator, name), estimator.n_features_in_)
         verified[name].inline_rows = INLINE_ROWS if len(walks) == 2 else 0
-    walks = "per-tree and flat walks" if any(len(w) == 2 for w in lean.values()) else "per-tree walk"
-    return verified, f"verified lean forest path for {type(estimator).__name__} ({', '.join(verified)}; {walks})"
+    kinds = "per-tree and flat walks" if any(len(w) == 2 for w in lean.values()) else "per-tree walk"
+    return verified, f"verified lean forest path for {type(estimator).__name__} ({', '.join(verified)}; {kinds})"
 
 
 def inline_rows(lean: dict[str, Lean], outputs: tuple[str, ...]) -> int:

@@ -244,7 +244,7 @@ def _remember_binary_header(header: bytes, raw_inputs: list[Any], request: Infer
     )
     if len(_BINARY_HEADERS) >= BINARY_HEADERS_KEPT:  # many shapes or clients: start again
         _BINARY_HEADERS.clear()
-    _BINARY_HEADERS[bytes(header)] = _BinaryHeader(
+    _BINARY_HEADERS[header] = _BinaryHeader(
         inputs, request.output_names, dict(request.parameters), request.binary_default, request.output_binary
     )
 
