@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from slotkeeper_serving import protocol
+from slotkeeper_serving import binarydata, protocol
 from slotkeeper_serving.protocol import (
     DATATYPES,
     ProtocolError,
@@ -136,7 +136,7 @@ def _header_of(shape, datatype, size):
 def test_a_remembered_header_checks_every_body_as_a_first_parse_does(shape, datatype, size, valid, malformed, message):
     header = _header_of(shape, datatype, size)
     parse_infer_request(header + valid, len(header))
-    assert header in protocol._BINARY_HEADERS  # the malformed body below meets the remembered header
+    assert header in binarydata._BINARY_HEADERS  # the malformed body below meets the remembered header
     with pytest.raises(ProtocolError) as caught:
         parse_infer_request(header + malformed, len(header))
     assert caught.value.status == 400 and message in caught.value.message
@@ -171,16 +171,16 @@ def test_headers_that_change_per_request_are_not_remembered(extra):
     header = orjson.dumps({"inputs": inputs, **extra})
     request = parse_infer_request(header + b"\0" * 4, len(header))
     assert len(request.inputs) == len(inputs)
-    assert header not in protocol._BINARY_HEADERS
+    assert header not in binarydata._BINARY_HEADERS
 
 
 def test_the_remembered_headers_are_bounded(monkeypatch):
-    monkeypatch.setattr(protocol, "BINARY_HEADERS_KEPT", 3)
-    protocol._BINARY_HEADERS.clear()
+    monkeypatch.setattr(binarydata, "BINARY_HEADERS_KEPT", 3)
+    binarydata._BINARY_HEADERS.clear()
     for n in range(1, 8):
         header = _header_of([n], "FP32", 4 * n)
         parse_infer_request(header + b"\0" * 4 * n, len(header))
-        assert len(protocol._BINARY_HEADERS) <= 3
+        assert len(binarydata._BINARY_HEADERS) <= 3
 
 
 def test_binary_data_size_without_the_header_is_refused():

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from . import __version__
+from .binarydata import binary_to_array
 from .grpc_v2 import grpc_predict_v2_pb2 as pb
 from .grpc_v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from .keys import presented_key
@@ -31,7 +32,6 @@ from .protocol import (
     NotReady,
     ProtocolError,
     Tensor,
-    _binary_to_array,
     _data_to_array,
     _decode_shape,
     tensor_bytes,
@@ -89,7 +89,7 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
             raise ProtocolError(f"{where}: datatype must be one of {', '.join(DATATYPES)}, got {datatype!r}")
         shape = _decode_shape(list(tensor.shape), where)
         if raw:
-            array = _binary_to_array(memoryview(raw[i]), datatype, shape, where)
+            array = binary_to_array(memoryview(raw[i]), datatype, shape, where)
         else:
             field = _CONTENTS_FIELD.get(datatype)
             if field is None:

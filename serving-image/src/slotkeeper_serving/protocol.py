@@ -1,4 +1,5 @@
-"""Open Inference Protocol v2 (REST) request parsing and response encoding.
+"""Open Inference Protocol v2 (REST) request parsing and response encoding (the JSON part; the
+binary tensor data extension's bytes: binarydata.py).
 
 Everything a client can get wrong raises a `ProtocolError` carrying the HTTP
 status to answer with, so bad input is never a 500. Functions are pure:
@@ -8,99 +9,27 @@ bytes in, typed values (or bytes) out.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
+from .binarydata import BinaryReader, binary_to_array, remember_header, remembered, tensor_bytes
+from .tensors import DATATYPES, InferRequest, ProtocolError, Tensor, as_text
+# Imported from here by the app and the gRPC server (they live in binarydata.py and tensors.py).
+from .binarydata import BINARY_EXTENSION  # noqa: F401, E402
+from .tensors import NotFound, NotReady, PayloadTooLarge  # noqa: F401, E402
 
-class ProtocolError(Exception):
-    """The request is wrong; `status` is the HTTP status to answer with."""
-
-    status = 400
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        if status is not None:
-            self.status = status
-
-    @property
-    def message(self) -> str:
-        return str(self)
-
-
-class PayloadTooLarge(ProtocolError):
-    status = 413
-
-
-class NotFound(ProtocolError):
-    status = 404
-
-
-class NotReady(ProtocolError):
-    status = 503
-
-
-# datatype -> numpy dtype, and the numpy "kinds" that JSON data may arrive as
-# for it (np.array() on JSON numbers gives int64/uint64/float64, on strings
-# "U", on booleans "b"; anything else is "O" and never accepted).
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.str_),
-}
+# The numpy "kinds" that JSON data may arrive as for each datatype (np.array() on JSON numbers gives
+# int64/uint64/float64, on strings "U", on booleans "b"; anything else is "O" and never accepted).
 _ACCEPTED_KINDS = {
     name: ("b" if name == "BOOL" else "iu" if name[0] in "IU" else "iuf" if name.startswith("FP") else "U")
     for name in DATATYPES
 }
 _INTEGER_INFO = {name: np.iinfo(dtype) for name, dtype in DATATYPES.items() if dtype.kind in "iu"}
 _DTYPE_TO_DATATYPE = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
-# The binary extension's byte order, made once: newbyteorder() builds a new dtype on every call.
-_WIRE_DTYPES = {name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items() if name != "BYTES"}
 
 MAX_DIMS = 32  # numpy's own limit is 64; nothing sane needs more
-
-
-@dataclass(frozen=True, slots=True)
-class Tensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    array: np.ndarray  # already reshaped to `shape`, dtype of `datatype`
-
-
-@dataclass(frozen=True, slots=True)
-class InferRequest:
-    id: str | None
-    inputs: tuple[Tensor, ...]
-    output_names: tuple[str, ...] | None  # None: the model's default outputs
-    parameters: dict[str, Any]
-    # Binary tensor data extension: outputs to answer in binary form. `binary_default`
-    # is the request's `binary_data_output` parameter; `output_binary` the
-    # per-output `binary_data` parameters, which win over it.
-    binary_default: bool = False
-    output_binary: dict[str, bool] | None = None
-
-    def wants_binary(self, name: str) -> bool:
-        if self.output_binary is not None and name in self.output_binary:
-            return self.output_binary[name]
-        return self.binary_default
-
-
-# The header of the binary tensor data extension: the length of the JSON part.
-BINARY_HEADER = "inference-header-content-length"
-BINARY_EXTENSION = "binary_tensor_data"
 
 
 def parse_infer_request(body: bytes, json_length: int | None = None) -> InferRequest:
@@ -121,7 +50,7 @@ def parse_infer_request(body: bytes, json_length: int | None = None) -> InferReq
                 f"Inference-Header-Content-Length is {json_length} but the body has only {len(body)} bytes"
             )
         header, binary = bytes(body[:json_length]), memoryview(body)[json_length:]
-        known = _BINARY_HEADERS.get(header)
+        known = remembered(header)
         if known is not None:
             return known.bind(binary)
     try:
@@ -149,7 +78,7 @@ def parse_infer_request(body: bytes, json_length: int | None = None) -> InferReq
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("'inputs' must be a non-empty array of tensors")
-    reader = _BinaryReader(binary)
+    reader = BinaryReader(binary)
     inputs = tuple(decode_tensor(raw, i, reader) for i, raw in enumerate(raw_inputs))
     reader.finish()
     names = [t.name for t in inputs]
@@ -189,98 +118,11 @@ def parse_infer_request(body: bytes, json_length: int | None = None) -> InferReq
         output_binary=output_binary,
     )
     if binary is not None and request_id is None:
-        _remember_binary_header(header, raw_inputs, request)
+        remember_header(header, raw_inputs, request)
     return request
 
 
-# A client of the binary extension sends the same JSON part with every request of one shape
-# (tritonclient does): once one parsed and validated in full, the next ones with the very same
-# bytes skip orjson and the checks, and only their binary data is read (sizes checked, as below).
-# Headers with an "id" differ per request and are not kept; nor are those with any JSON "data".
-_BINARY_HEADERS: dict[bytes, _BinaryHeader] = {}
-BINARY_HEADERS_KEPT = 256
-
-
-@dataclass(frozen=True, slots=True)
-class _BinaryInput:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class _BinaryHeader:
-    inputs: tuple[_BinaryInput, ...]
-    output_names: tuple[str, ...] | None
-    parameters: dict[str, Any]
-    binary_default: bool
-    output_binary: dict[str, bool] | None
-
-    def bind(self, binary: memoryview) -> InferRequest:
-        reader = _BinaryReader(binary)
-        tensors = []
-        for spec in self.inputs:
-            where = f"input {spec.name!r}"
-            array = _binary_to_array(reader.take(spec.size, where), spec.datatype, spec.shape, where)
-            tensors.append(Tensor(name=spec.name, datatype=spec.datatype, shape=spec.shape, array=array))
-        reader.finish()
-        return InferRequest(
-            id=None,
-            inputs=tuple(tensors),
-            output_names=self.output_names,
-            parameters=dict(self.parameters),  # each request its own: a model may add to it
-            binary_default=self.binary_default,
-            output_binary=self.output_binary,
-        )
-
-
-def _remember_binary_header(header: bytes, raw_inputs: list[Any], request: InferRequest) -> None:
-    if not all("binary_data_size" in (raw.get("parameters") or {}) for raw in raw_inputs):
-        return
-    inputs = tuple(
-        _BinaryInput(t.name, t.datatype, t.shape, raw["parameters"]["binary_data_size"])
-        for t, raw in zip(request.inputs, raw_inputs, strict=True)
-    )
-    if len(_BINARY_HEADERS) >= BINARY_HEADERS_KEPT:  # many shapes or clients: start again
-        _BINARY_HEADERS.clear()
-    _BINARY_HEADERS[header] = _BinaryHeader(
-        inputs, request.output_names, dict(request.parameters), request.binary_default, request.output_binary
-    )
-
-
-class _BinaryReader:
-    """Hands out the binary part of a request body, input by input, and checks nothing is left over."""
-
-    def __init__(self, data: memoryview | None) -> None:
-        self.data = data
-        self.offset = 0
-
-    def take(self, size: int, where: str) -> memoryview:
-        if self.data is None:
-            raise ProtocolError(
-                f"{where}: 'binary_data_size' is set but the request has no Inference-Header-Content-Length "
-                "header, so there is no binary data"
-            )
-        left = len(self.data) - self.offset
-        if size > left:
-            raise ProtocolError(
-                f"{where}: binary_data_size is {size} but only {left} bytes of binary data are left in the body"
-            )
-        chunk = self.data[self.offset : self.offset + size]
-        self.offset += size
-        return chunk
-
-    def finish(self) -> None:
-        if self.data is not None and self.offset != len(self.data):
-            extra = len(self.data) - self.offset
-            raise ProtocolError(
-                f"the body has {extra} bytes of binary data after the last input's binary_data_size; "
-                "the sizes must add up to the body length minus Inference-Header-Content-Length"
-            )
-
-
-def decode_tensor(raw: Any, index: int, reader: _BinaryReader | None = None) -> Tensor:
+def decode_tensor(raw: Any, index: int, reader: BinaryReader | None = None) -> Tensor:
     """One entry of 'inputs' -> Tensor, checking name, datatype, shape and data."""
     where = f"inputs[{index}]"
     if not isinstance(raw, dict):
@@ -302,8 +144,8 @@ def decode_tensor(raw: Any, index: int, reader: _BinaryReader | None = None) -> 
             raise ProtocolError(f"{where}: 'binary_data_size' must be a non-negative integer, got {_short(size)}")
         if "data" in raw:
             raise ProtocolError(f"{where}: has both 'data' and 'binary_data_size'; send one")
-        chunk = (reader or _BinaryReader(None)).take(size, where)
-        array = _binary_to_array(chunk, datatype, shape, where)
+        chunk = (reader or BinaryReader(None)).take(size, where)
+        array = binary_to_array(chunk, datatype, shape, where)
         return Tensor(name=name, datatype=datatype, shape=shape, array=array)
     if "data" not in raw:
         raise ProtocolError(f"{where}: 'data' is missing")
@@ -316,55 +158,6 @@ def decode_tensor(raw: Any, index: int, reader: _BinaryReader | None = None) -> 
     if array.size != expected:
         raise ProtocolError(f"{where}: shape {list(shape)} needs {expected} elements, data has {array.size}")
     return Tensor(name=name, datatype=datatype, shape=shape, array=array.reshape(shape))
-
-
-def _binary_to_array(chunk: memoryview, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        return _binary_bytes(chunk, count, where).reshape(shape)
-    dtype = _WIRE_DTYPES[datatype]
-    expected = count * dtype.itemsize
-    if len(chunk) != expected:
-        raise ProtocolError(
-            f"{where}: shape {list(shape)} of {datatype} needs {expected} bytes of binary data "
-            f"({count} x {dtype.itemsize}), binary_data_size is {len(chunk)}"
-        )
-    if datatype == "BOOL":
-        raw = np.frombuffer(chunk, dtype=np.uint8)
-        if raw.size and raw.max() > 1:
-            raise ProtocolError(f"{where}: BOOL binary data must be bytes 0 or 1")
-        return raw.astype(np.bool_).reshape(shape)
-    # A copy in native byte order: the body buffer is read-only and may be reused.
-    array = np.frombuffer(chunk, dtype=dtype).astype(DATATYPES[datatype])
-    return array.reshape(shape)
-
-
-def _binary_bytes(chunk: memoryview, count: int, where: str) -> np.ndarray:
-    # Each element: a 4-byte little-endian length, then that many bytes.
-    data = bytes(chunk)
-    items: list[str] = []
-    offset, end = 0, len(data)
-    for i in range(count):
-        if offset + 4 > end:
-            raise ProtocolError(
-                f"{where}: BYTES binary data ends before element {i} of {count} (no room for its 4-byte length)"
-            )
-        length = int.from_bytes(data[offset : offset + 4], "little")
-        offset += 4
-        if offset + length > end:
-            raise ProtocolError(
-                f"{where}: BYTES element {i} declares {length} bytes but only {end - offset} are left"
-            )
-        try:
-            items.append(data[offset : offset + length].decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ProtocolError(f"{where}: BYTES element {i} is not valid UTF-8 (this server passes BYTES as text)") from None
-        offset += length
-    if offset != end:
-        raise ProtocolError(f"{where}: {end - offset} bytes of BYTES binary data left after {count} elements")
-    if not items:
-        return np.empty(0, dtype=np.str_)
-    return np.array(items, dtype=np.str_)
 
 
 def _decode_shape(shape: Any, where: str) -> tuple[int, ...]:
@@ -451,38 +244,13 @@ def encode_tensor(name: str, value: Any) -> dict[str, Any]:
     shape = list(array.shape) or [1]
     data = array.reshape(-1).tolist()
     if datatype == "BYTES":
-        data = [_as_text(item) for item in data]
+        data = [as_text(item) for item in data]
     elif array.dtype.kind == "f" and not np.isfinite(array).all():
         # JSON has no NaN/Infinity; null is what other v2 servers emit.
         data = [x if math.isfinite(x) else None for x in data]
     tensor = OutputTensor(name=name, shape=shape, datatype=datatype, data=data)
     tensor.array = array
     return tensor
-
-
-def _as_text(item: Any) -> str:
-    if isinstance(item, str):
-        return item
-    if isinstance(item, bytes):
-        return item.decode("utf-8", errors="replace")
-    return str(item)
-
-
-def tensor_bytes(datatype: str, array: np.ndarray) -> bytes:
-    """The binary tensor data extension's form of an array: row-major little-endian; BYTES length-prefixed."""
-    if datatype == "BYTES":
-        parts = []
-        for item in array.reshape(-1).tolist():
-            raw = item if isinstance(item, bytes) else _as_text(item).encode("utf-8")
-            parts.append(len(raw).to_bytes(4, "little"))
-            parts.append(raw)
-        return b"".join(parts)
-    if datatype == "BOOL":
-        return np.ascontiguousarray(array, dtype=np.bool_).tobytes()
-    wire = _WIRE_DTYPES[datatype]
-    if array.dtype == wire and array.flags.c_contiguous:  # the common case on little-endian hosts
-        return array.tobytes()
-    return np.ascontiguousarray(array, dtype=wire).tobytes()
 
 
 def encode_infer_response(
