@@ -25,20 +25,14 @@ def quiet_logs() -> None:
 
 
 def no_selectors() -> None:
-    """The operator before it sent label selectors: handlers.configure() without the
-    settings.watching.label_selectors of OWNED_RESOURCES, so kopf lists and watches every Deployment,
-    Pod and Service of the cluster and the handlers' `labels=OWNED` filter them client-side.
+    """The operator before it sent label selectors: the owned objects' watches (owned.py) without
+    ``labelSelector``, so they list and watch every Deployment, Pod, Service, ... of the cluster and
+    keep slotkeeper's by their labels client-side (as kopf's ``labels=`` filters did before).
 
-    For contrast (run.py --unrelated), not a recommendation. A startup handler registered after
-    handlers.configure() (so it runs after it) removes every label selector configure() set.
-    """
-    import kopf
-    import slotkeeper.handlers  # noqa: F401  (registers configure(), so it runs before the handler below)
+    For contrast (run.py --unrelated), not a recommendation."""
+    import slotkeeper.owned
 
-    @kopf.on.startup(id="no_selectors")
-    def drop_label_selectors(settings: kopf.OperatorSettings, **_: Any) -> None:
-        for key in list(settings.watching.label_selectors):
-            del settings.watching.label_selectors[key]
+    slotkeeper.owned.OwnedWatches.selector = ""
 
 
 def memory_dump() -> None:
@@ -132,11 +126,10 @@ def count_passes() -> None:
     wake = slotkeeper.loops.EndpointLoops.wake
 
     def counted_wake(self: Any, namespace: Any, name: Any) -> None:
-        # called from handlers.owned_object_changed: its kopf kwargs (`_`) name the resource
-        kwargs = _sys._getframe(1).f_locals.get("_") or {}
-        resource = kwargs.get("resource")
+        # called from OwnedWatches._wake, which its list or watch calls with the kind at hand
+        kind = _sys._getframe(2).f_locals.get("kind")
         if (namespace or "", name or "") in self._loops:
-            causes[namespace or "", name or ""].add(getattr(resource, "plural", "?"))
+            causes[namespace or "", name or ""].add(getattr(kind, "plural", "?"))
         wake(self, namespace, name)
 
     slotkeeper.loops.EndpointLoops.wake = counted_wake

@@ -1,10 +1,10 @@
-"""kopf wiring: watch-fed indexes for what endpoints own, and one reconcile loop per endpoint.
+"""kopf wiring: the endpoints' watch, and one reconcile loop per endpoint (what they own: owned.py).
 
 Why a loop per endpoint and not create/update handlers plus timers: a rollout waits on many things
 (pods becoming ready, analysis windows, scale-down delays). The loop sleeps until the next deadline
-the decision names, and is woken at once by any watch event about the endpoint or its children.
-With nothing under way it makes no API call at all: observation comes from the indexes, which the
-watches keep current, so an idle endpoint costs neither reads nor writes.
+the decision names, and is woken at once by a change of the endpoint or of what the watches of its
+children show. With nothing under way it makes no API call at all: observation comes from the
+indexes, which the watches keep current, so an idle endpoint costs neither reads nor writes.
 
 The loops are plain asyncio tasks started from ``on.event`` (loops.py), not kopf daemons, so no
 finalizer is put on an endpoint and deleting one never waits for the operator. Trade-off: no
@@ -34,18 +34,9 @@ from .kopf_tuning import NoDiffBase, decode_watch_lines_with_orjson
 from .kube_api import ApiError, KubeApi
 from .loops import EndpointLoop, EndpointLoops, Key
 from .metrics import OperatorMetrics, parse_bind_address, serve_metrics
-from .observe import (service_grpc_port, summarise_autoscaler, summarise_deployment, summarise_disruption_budget,
-                      summarise_job, summarise_pod, summarise_route)
+from .owned import OwnedWatches
 from .reconciler import EndpointGone, EndpointReconciler, ObservedSources
-from .render import LABEL_ENDPOINT, LABEL_MANAGED_BY, MANAGED_BY
 
-OWNED = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_ENDPOINT: kopf.PRESENT}
-# Sent to the apiserver, so the watches carry only slotkeeper's objects (kopf's ``labels=`` filters
-# are client-side: without this, the operator would receive and keep every Pod of the cluster).
-OWNED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ENDPOINT}"
-OWNED_RESOURCES = (("apps", "v1", "deployments"), ("v1", "pods"), ("v1", "services"),
-                   ("autoscaling", "v2", "horizontalpodautoscalers"), ("policy", "v1", "poddisruptionbudgets"),
-                   ("gateway.networking.k8s.io", "v1", "httproutes"), ("batch", "v1", "jobs"))
 # Put on every endpoint by slotkeeper 0.1.0 (a kopf daemon's finalizer); removed where still found.
 LEGACY_FINALIZER = f"{GROUP}/finalizer"
 MAX_BACKOFF_SECONDS = 60.0
@@ -72,8 +63,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     decode_watch_lines_with_orjson()
     if getattr(memo, "namespaced", False):  # a Role cannot list namespaces or watch CRDs: do not try
         settings.scanning.disabled = True
-    for resource in OWNED_RESOURCES:
-        settings.watching.label_selectors[resource] = OWNED_SELECTOR
     # The operator writes its own Events; kopf's per-handler log lines would only add noise and writes.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 10 * 60
@@ -103,6 +92,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         log.info("checks reach slots and pods: %s", memo.slot_access.mode)
     if getattr(memo, "loops", None) is None:
         memo.loops = EndpointLoops()
+    # The objects endpoints own, listed and watched here rather than by kopf (owned.py says why), in
+    # the namespaces kopf serves (memo.namespaces; none: all).
+    if getattr(memo, "owned", None) is None:  # a test may hand in its own
+        memo.owned = OwnedWatches(memo.cluster.api.for_streams(), memo.loops.wake,
+                                  getattr(memo, "namespaces", ()) or ())
+    memo.owned.start()
     if getattr(memo, "http", None) is None:  # for checks: scrapes, Prometheus, validation requests
         memo.http = aiohttp.ClientSession()
     await _start_metrics(memo)
@@ -136,6 +131,9 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     loops = getattr(memo, "loops", None)
     if loops is not None:
         await loops.stop_all()
+    owned, memo.owned = getattr(memo, "owned", None), None  # a restart lists afresh
+    if owned is not None:
+        await owned.stop()
     cluster = getattr(memo, "cluster", None)
     if cluster is not None:
         await cluster.aclose()
@@ -148,66 +146,9 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await server.cleanup()
 
 
-# -------------------------------------------------------------------- indexes of owned objects
-
-
-@kopf.index("apps", "v1", "deployments", labels=OWNED)
-async def slot_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels[LABEL_ENDPOINT]): summarise_deployment(body)}
-
-
-@kopf.index("", "v1", "pods", labels=OWNED)
-async def slot_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels[LABEL_ENDPOINT]): summarise_pod(body)}
-
-
-@kopf.index("", "v1", "services", labels=OWNED)
-async def endpoint_services(namespace: str, name: str, labels: kopf.Labels, spec: kopf.Spec, **_: Any) -> dict:
-    return {(namespace, labels[LABEL_ENDPOINT]): (name, dict(spec.get("selector") or {}), service_grpc_port(spec))}
-
-
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED)
-async def slot_autoscalers(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels[LABEL_ENDPOINT]): summarise_autoscaler(body)}
-
-
-@kopf.index("policy", "v1", "poddisruptionbudgets", labels=OWNED)
-async def slot_disruption_budgets(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels[LABEL_ENDPOINT]): summarise_disruption_budget(body)}
-
-
-# HTTPRoutes (Gateway API) only where the cluster serves them: on a cluster without the CRDs kopf
-# logs "Unresolved resources" once and watches nothing (an index on it stays empty and blocks
-# nothing); cluster-wide, kopf notices the CRD appearing and starts watching it then.
-@kopf.index("gateway.networking.k8s.io", "v1", "httproutes", labels=OWNED)
-async def endpoint_routes(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels[LABEL_ENDPOINT]): summarise_route(body)}
-
-
-# The quality monitor's Jobs (spec.monitor.onFailure.job) and batch runs (spec.batch, `slotkeeper batch
-# run`): their outcome is shown in status. Batch pods come with the pods index (their summary).
-@kopf.index("batch", "v1", "jobs", labels=OWNED)
-async def monitor_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    return {(namespace, labels[LABEL_ENDPOINT]): summarise_job(body)}
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-@kopf.on.event("gateway.networking.k8s.io", "v1", "httproutes", labels=OWNED)
-@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-@kopf.on.event("", "v1", "pods", labels=OWNED)
-@kopf.on.event("", "v1", "services", labels=OWNED)
-@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED)
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED)
-async def owned_object_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    memo.loops.wake(namespace, labels.get(LABEL_ENDPOINT))
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def endpoint_changed(
-    type: str | None, name: str, namespace: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
-    slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index,
-    slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index, endpoint_routes: kopf.Index,
-    monitor_jobs: kopf.Index | None = None, **_: Any,
+    type: str | None, name: str, namespace: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any,
 ) -> None:
     key = (namespace, name)
     finalizers = list(meta.get("finalizers") or [])
@@ -218,8 +159,7 @@ async def endpoint_changed(
         return
 
     async def run(key: Key, loop: EndpointLoop) -> None:
-        await reconcile_endpoint(key, loop, memo, slot_deployments, slot_pods, endpoint_services,
-                                 slot_autoscalers, slot_disruption_budgets, endpoint_routes, monitor_jobs)
+        await reconcile_endpoint(key, loop, memo)
 
     if not memo.loops.seen(key, body, run) and getattr(memo, "metrics", None) is not None:
         # The loop is not woken for the echo of its own status write; the metrics still show the
@@ -230,12 +170,7 @@ async def endpoint_changed(
 # ------------------------------------------------------------------------- the reconcile loop
 
 
-async def reconcile_endpoint(
-    key: Key, loop: EndpointLoop, memo: kopf.Memo,
-    slot_deployments: kopf.Index, slot_pods: kopf.Index, endpoint_services: kopf.Index,
-    slot_autoscalers: kopf.Index, slot_disruption_budgets: kopf.Index, endpoint_routes: kopf.Index | None = None,
-    monitor_jobs: kopf.Index | None = None,
-) -> None:
+async def reconcile_endpoint(key: Key, loop: EndpointLoop, memo: kopf.Memo) -> None:
     namespace, name = key
     reconciler = EndpointReconciler(
         namespace=namespace, name=name, cluster=memo.cluster,
@@ -245,19 +180,22 @@ async def reconcile_endpoint(
         metrics=getattr(memo, "metrics", None),
     )
     backoff = RetryBackoff(base=getattr(memo, "retry_backoff", DEFAULT_BACKOFF_SECONDS))
+    owned: OwnedWatches = memo.owned
     try:
+        # Deciding from half-listed indexes (a restart) would re-create what exists.
+        await owned.wait_listed()
         while not loop.stopped.is_set():
             loop.wakeup.clear()
-            services = list(endpoint_services.get(key, []))
+            services = list(owned["endpoint_services"].get(key))
             sources = ObservedSources(
-                deployments=list(slot_deployments.get(key, [])),
-                pods=list(slot_pods.get(key, [])),
+                deployments=list(owned["slot_deployments"].get(key)),
+                pods=list(owned["slot_pods"].get(key)),
                 services={service: selector for service, selector, _ in services},
                 service_grpc_ports={service: grpc_port for service, _, grpc_port in services},
-                autoscalers=list(slot_autoscalers.get(key, [])),
-                disruption_budgets=list(slot_disruption_budgets.get(key, [])),
-                routes=list(endpoint_routes.get(key, [])) if endpoint_routes is not None else [],
-                jobs=list(monitor_jobs.get(key, [])) if monitor_jobs is not None else [],
+                autoscalers=list(owned["slot_autoscalers"].get(key)),
+                disruption_budgets=list(owned["slot_disruption_budgets"].get(key)),
+                routes=list(owned["endpoint_routes"].get(key)),
+                jobs=list(owned["monitor_jobs"].get(key)),
             )
             delay = await _reconcile_pass(reconciler, loop.body, sources, backoff)
             if delay is None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-from typing import Any, Callable, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 
 import aiohttp
 import kopf
@@ -100,6 +100,38 @@ class KubeApi:
                                    body=raw.decode("utf-8", errors="replace"))
                 return orjson.loads(raw) if raw else None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def stream(self, path: str, *, params: Mapping[str, str], timeout: float) -> AsyncIterator[Any]:
+        """Each line of a streamed JSON answer (a watch), parsed, until the server ends it or ``timeout``
+        seconds have passed; an error answer raises :class:`ApiError` (a 401 logs in again once)."""
+        connect, _ = self.request_timeout
+        # No read timeout between lines: a quiet watch sends nothing for minutes.
+        limits = aiohttp.ClientTimeout(total=timeout, sock_connect=connect, sock_read=None)
+        for attempt in (1, 2):
+            if self._session is None:
+                self._session = self._new_session()
+            async with self._session.get(self.connection.server.rstrip("/") + path, params=params,
+                                         timeout=limits) as response:
+                if response.status == 401 and attempt == 1 and self._relogin is not None:
+                    await self._renew()
+                    continue
+                if response.status >= 400:
+                    raw = await response.read()
+                    raise ApiError(status=response.status, reason=response.reason,
+                                   body=raw.decode("utf-8", errors="replace"))
+                buffer = b""
+                async for chunk in response.content.iter_any():
+                    *lines, buffer = (buffer + chunk).split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield orjson.loads(line)
+                return
+
+    def for_streams(self) -> KubeApi:
+        """A client on the same credentials with no limit of connections: each open watch holds one
+        for as long as it runs, and must not take one of the ``max_connections`` the requests share."""
+        return KubeApi(self.connection, request_timeout=self.request_timeout, max_connections=0,
+                       relogin=self._relogin)
 
     async def _renew(self) -> None:
         assert self._relogin is not None

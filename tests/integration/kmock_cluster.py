@@ -3905,6 +3905,7 @@ async def running_operator(
     memo.setdefault('kube_url', url)
     memo.setdefault('kube_config', make_kube_config(url))
     namespaces = tuple(namespaces) if not clusterwide else ()
+    memo.setdefault('namespaces', namespaces)  # slotkeeper's own watches (owned.py) serve the same
     ensure_login_handler(registry)
 
     stop_flag = asyncio.Event()

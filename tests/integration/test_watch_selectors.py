@@ -6,7 +6,7 @@ the apiserver sends only slotkeeper's objects: memory and CPU follow the endpoin
 from __future__ import annotations
 
 from kmock_cluster import DEPLOYMENTS, HPAS, MODELENDPOINTS, PDBS, PODS, SERVICES
-from slotkeeper.handlers import OWNED_SELECTOR
+from slotkeeper.owned import OWNED_SELECTOR
 from test_operator import healthy_endpoint
 
 

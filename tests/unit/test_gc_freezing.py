@@ -101,9 +101,16 @@ def test_the_operator_keeps_refreezing_from_start_up_to_clean_up(monkeypatch):
         async def close(self) -> None:
             return None
 
+    class Watches:
+        def start(self) -> None:
+            return None
+
+        async def stop(self) -> None:
+            return None
+
     async def scenario():
         memo = kopf.Memo(cluster=Closable(), slot_access=object(), loops=Loops(), http=Closable(), metrics=object(),
-                         gc_freeze=True)
+                         owned=Watches(), gc_freeze=True)
         await handlers.configure(settings=kopf.OperatorSettings(), memo=memo)
         task = memo.refreezing
         await asyncio.sleep(0)

@@ -123,3 +123,66 @@ async def test_without_relogin_a_401_is_an_api_error(apiserver):
 ])
 def test_api_paths(args, path):
     assert api_path(*args) == path
+
+
+async def streaming_server(handler):
+    app = aiohttp.web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handler)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_a_stream_yields_each_line_parsed_even_when_lines_are_split_across_chunks():
+    seen = []
+
+    async def watch(request):
+        seen.append((request.path, dict(request.query), request.headers.get("Authorization")))
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(request)
+        for piece in (b'{"type": "ADDED", "obj', b'ect": {"n": 1}}\n\n{"type": "MOD', b'IFIED"}\n',
+                      b'{"type": "DELETED"}\n'):
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    runner, url = await streaming_server(watch)
+    api = KubeApi(kopf.ConnectionInfo(server=url, token="t")).for_streams()
+    try:
+        events = [event async for event in api.stream("/api/v1/pods", params={"watch": "true"}, timeout=5)]
+    finally:
+        await api.close()
+        await runner.cleanup()
+    assert events == [{"type": "ADDED", "object": {"n": 1}}, {"type": "MODIFIED"}, {"type": "DELETED"}]
+    assert seen == [("/api/v1/pods", {"watch": "true"}, "Bearer t")]
+
+
+async def test_a_stream_error_answer_is_an_api_error_and_a_401_logs_in_again_once():
+    tokens = []
+
+    async def watch(request):
+        tokens.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") == "Bearer old":
+            return aiohttp.web.json_response({"kind": "Status", "code": 401}, status=401)
+        return aiohttp.web.json_response({"kind": "Status", "code": 410, "reason": "Expired"}, status=410)
+
+    runner, url = await streaming_server(watch)
+    api = KubeApi(kopf.ConnectionInfo(server=url, token="old"),
+                  relogin=lambda: kopf.ConnectionInfo(server=url, token="new")).for_streams()
+    try:
+        with pytest.raises(ApiError) as raised:
+            [event async for event in api.stream("/api/v1/pods", params={}, timeout=5)]
+    finally:
+        await api.close()
+        await runner.cleanup()
+    assert raised.value.status == 410 and "Expired" in raised.value.body
+    assert tokens == ["Bearer old", "Bearer new"]
+
+
+def test_the_client_for_streams_shares_the_credentials_and_has_no_connection_limit():
+    relogin = lambda: None  # noqa: E731
+    api = KubeApi(kopf.ConnectionInfo(server="https://k8s", token="t"), max_connections=4, relogin=relogin)
+    streams = api.for_streams()
+    assert streams.connection is api.connection and streams._relogin is relogin
+    assert streams.max_connections == 0 and streams is not api

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from slotkeeper.loops import EARLIER_STATUSES_KEPT, EndpointLoop, EndpointLoops
+from slotkeeper.owned import OwnedIndex
 
 KEY = ("ml", "credit")
 
@@ -176,13 +177,20 @@ async def test_once_its_status_is_written_a_loop_keeps_the_endpoint_without_the_
 
     monkeypatch.setattr(handlers, "EndpointReconciler", Reconciler)
     monkeypatch.setattr(handlers, "CheckRunner", lambda *_, **__: None)
+    class Listed:  # the owned objects' watches, listed and empty
+        async def wait_listed(self):
+            pass
+
+        def __getitem__(self, index):
+            return OwnedIndex()
+
     memo = type("Memo", (), {"cluster": type("Cluster", (), {"read_keys": None})(), "http": None,
-                             "slot_access": None, "retry_backoff": 0.5})()
+                             "slot_access": None, "retry_backoff": 0.5, "owned": Listed()})()
     loops = EndpointLoops()
     body = {"metadata": {"name": "credit"}, "spec": {}, "status": {"phase": "Progressing"}}
 
     async def run(key, loop):
-        await handlers.reconcile_endpoint(key, loop, memo, *({} for _ in range(6)))
+        await handlers.reconcile_endpoint(key, loop, memo)
 
     loops.seen(KEY, body, run)
     for _ in range(20):

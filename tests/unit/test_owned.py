@@ -1,0 +1,230 @@
+"""The owned objects' list+watch streams (owned.py) against a scripted API: what the index holds,
+whom it wakes, and how a stream resumes, lists again and waits out a kind the cluster lacks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from slotkeeper import owned
+from slotkeeper.kube_api import ApiError
+from slotkeeper.owned import OWNED_KINDS, OWNED_SELECTOR, OwnedIndex, OwnedWatches, owner_key
+from slotkeeper.render import LABEL_ENDPOINT, LABEL_MANAGED_BY, MANAGED_BY
+
+SERVICES = next(kind for kind in OWNED_KINDS if kind.plural == "services")
+ROUTES = next(kind for kind in OWNED_KINDS if kind.plural == "httproutes")
+
+
+def service(name, endpoint="credit", namespace="ml", uid=None, selector=None, version="1", managed=True):
+    labels = {LABEL_ENDPOINT: endpoint, **({LABEL_MANAGED_BY: MANAGED_BY} if managed else {})}
+    return {"metadata": {"name": name, "namespace": namespace, "uid": uid or name, "labels": labels,
+                         "resourceVersion": version},
+            "spec": {"selector": selector or {"slot": "blue"}, "ports": [{"name": "http", "port": 80}]}}
+
+
+def listing(*items, version="10"):
+    return {"kind": "List", "metadata": {"resourceVersion": version}, "items": list(items)}
+
+
+class ScriptedApi:
+    """Answers each list from ``lists`` and each watch from ``watches`` in turn (an exception is
+    raised); a watch with no script left stays open and quiet."""
+
+    def __init__(self, lists, watches=()):
+        self.lists, self.watches = list(lists), list(watches)
+        self.sent: list[tuple[str, str, dict]] = []
+        self.closed = False
+
+    async def request(self, method, path, body=None, *, params=None, **_):
+        self.sent.append(("list", path, dict(params or {})))
+        answer = self.lists.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def stream(self, path, *, params, timeout):
+        self.sent.append(("watch", path, dict(params)))
+        if not self.watches:
+            await asyncio.Event().wait()
+        script = self.watches.pop(0)
+        if isinstance(script, Exception):
+            raise script
+        for event in script:
+            yield event
+
+    async def close(self):
+        self.closed = True
+
+
+async def settle():
+    for _ in range(30):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture()
+def woken():
+    return []
+
+
+async def started(api, woken, namespaces=(), kinds=(SERVICES,)):
+    watches = OwnedWatches(api, lambda namespace, name: woken.append((namespace, name)), namespaces, kinds=kinds)
+    watches.start()
+    await asyncio.wait_for(watches.wait_listed(), 1)
+    await settle()
+    return watches
+
+
+async def test_the_listing_fills_the_index_and_the_watch_goes_on_from_its_version(woken):
+    api = ScriptedApi([listing(service("credit"), service("credit-blue", selector={"slot": "blue", "x": "1"}))])
+    watches = await started(api, woken)
+    summaries = sorted(watches["endpoint_services"].get(("ml", "credit")))
+    assert summaries == [("credit", {"slot": "blue"}, None), ("credit-blue", {"slot": "blue", "x": "1"}, None)]
+    assert woken == [("ml", "credit")]
+    (list_request, watch_request) = api.sent
+    assert list_request == ("list", "/api/v1/services", {"labelSelector": OWNED_SELECTOR})
+    assert watch_request[2]["resourceVersion"] == "10" and watch_request[2]["labelSelector"] == OWNED_SELECTOR
+    assert watch_request[2]["allowWatchBookmarks"] == "true" and watch_request[2]["watch"] == "true"
+    await watches.stop()
+    assert api.closed
+
+
+async def test_only_a_changed_summary_wakes_the_endpoint(woken):
+    unchanged = {**service("credit", version="11")}
+    unchanged["metadata"]["annotations"] = {"touched": "yes"}  # not in the summary
+    api = ScriptedApi([listing(service("credit"))], [[
+        {"type": "MODIFIED", "object": unchanged},
+        {"type": "MODIFIED", "object": service("credit", version="12", selector={"slot": "green"})},
+        {"type": "ADDED", "object": service("other", endpoint="fraud", version="13")},
+        {"type": "DELETED", "object": service("credit", version="14")},
+    ]])
+    watches = await started(api, woken)
+    assert woken == [("ml", "credit"), ("ml", "credit"), ("ml", "fraud"), ("ml", "credit")]
+    index = watches["endpoint_services"]
+    assert list(index.get(("ml", "credit"))) == [] and len(index) == 1
+    assert api.sent[-1][2]["resourceVersion"] == "14"  # the next watch goes on from the last event
+    await watches.stop()
+
+
+async def test_a_bookmark_moves_the_version_on_and_changes_nothing(woken):
+    api = ScriptedApi([listing()], [[{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "99"}}}]])
+    watches = await started(api, woken)
+    assert woken == [] and api.sent[-1][2]["resourceVersion"] == "99"
+    await watches.stop()
+
+
+async def test_an_object_whose_endpoint_label_moves_wakes_both_endpoints(woken):
+    api = ScriptedApi([listing(service("svc", uid="u1"))],
+                      [[{"type": "MODIFIED", "object": service("svc", uid="u1", endpoint="fraud", version="11")}]])
+    watches = await started(api, woken)
+    assert woken == [("ml", "credit"), ("ml", "credit"), ("ml", "fraud")]
+    assert list(watches["endpoint_services"].get(("ml", "credit"))) == []
+    assert [name for name, _, _ in watches["endpoint_services"].get(("ml", "fraud"))] == ["svc"]
+    await watches.stop()
+
+
+async def test_an_object_that_loses_slotkeepers_label_leaves_the_index(woken):
+    api = ScriptedApi([listing(service("svc"))], [[{"type": "MODIFIED", "object": service("svc", managed=False)}]])
+    watches = await started(api, woken)
+    assert len(watches["endpoint_services"]) == 0 and woken == [("ml", "credit"), ("ml", "credit")]
+    await watches.stop()
+
+
+@pytest.mark.parametrize("expiry", [
+    [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}],  # in the stream
+    ApiError(status=410, reason="Gone"),  # as the watch request's answer
+], ids=["error-event", "status-code"])
+async def test_an_expired_version_lists_again_and_drops_what_went_meanwhile(woken, expiry):
+    api = ScriptedApi([listing(service("a", endpoint="credit"), service("b", endpoint="fraud")),
+                       listing(service("b", endpoint="fraud", version="20", selector={"slot": "green"}), version="21")],
+                      [expiry])
+    watches = await started(api, woken)
+    await settle()
+    index = watches["endpoint_services"]
+    assert list(index.get(("ml", "credit"))) == []  # deleted while no watch saw it
+    assert [selector for _, selector, _ in index.get(("ml", "fraud"))] == [{"slot": "green"}]
+    assert sorted(woken[2:]) == [("ml", "credit"), ("ml", "fraud")]  # after the first listing's two
+    assert [kind for kind, _, _ in api.sent] == ["list", "watch", "list", "watch"]
+    assert api.sent[-1][2]["resourceVersion"] == "21"
+    await watches.stop()
+
+
+async def test_a_kind_the_cluster_does_not_serve_counts_as_listed_and_is_tried_again(woken, monkeypatch):
+    monkeypatch.setattr(owned, "MISSING_KIND_RETRY_SECONDS", 0.01)
+    route = {"metadata": {"name": "credit", "namespace": "ml", "uid": "r1", "resourceVersion": "5",
+                          "labels": {LABEL_ENDPOINT: "credit", LABEL_MANAGED_BY: MANAGED_BY}}, "spec": {}}
+    api = ScriptedApi([ApiError(status=404, reason="Not Found"), ApiError(status=404, reason="Not Found"),
+                       listing(route)])
+    watches = await started(api, woken, kinds=(ROUTES,))  # listed although the first answer was 404
+    for _ in range(100):
+        if woken:
+            break
+        await asyncio.sleep(0.01)
+    assert woken == [("ml", "credit")]  # the CRDs came: the route is seen
+    assert [kind for kind, _, _ in api.sent][:3] == ["list", "list", "list"]
+    await watches.stop()
+
+
+async def test_errors_back_off_and_the_index_keeps_what_it_had(woken, monkeypatch):
+    backoffs = []
+    real_sleep = asyncio.sleep
+
+    async def recorded_sleep(seconds):
+        if seconds:
+            backoffs.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(owned.asyncio, "sleep", recorded_sleep)  # the module's: settle() records 0 s
+    api = ScriptedApi([listing(service("credit"))],
+                      [ApiError(status=500, reason="Internal"), ApiError(status=503, reason="Unavailable"),
+                       OSError("reset"), [{"type": "MODIFIED", "object": service("credit", selector={"slot": "x"})}]])
+    watches = await started(api, woken)
+    assert backoffs == [0.5, 1.0, 2.0]
+    assert [selector for _, selector, _ in watches["endpoint_services"].get(("ml", "credit"))] == [{"slot": "x"}]
+    assert woken == [("ml", "credit")] * 2  # the listing, then the change; the failures woke nobody
+    assert [kind for kind, _, _ in api.sent].count("list") == 1  # errors other than 410 do not re-list
+    await watches.stop()
+
+
+async def test_named_namespaces_get_a_stream_each_and_a_relist_keeps_the_other_namespace(woken):
+    api = ScriptedApi([listing(service("a", namespace="ml")), listing(service("b", namespace="ops"))])
+    watches = await started(api, woken, namespaces=("ml", "ops"))
+    assert sorted(path for kind, path, _ in api.sent if kind == "list") == [
+        "/api/v1/namespaces/ml/services", "/api/v1/namespaces/ops/services"]
+    assert len(watches["endpoint_services"]) == 2
+    await watches.stop()
+
+
+async def test_no_loop_decides_before_every_kind_is_listed(woken):
+    gate = asyncio.Event()
+
+    class SlowApi(ScriptedApi):
+        async def request(self, method, path, body=None, *, params=None, **_):
+            if "pods" in path:
+                await gate.wait()
+            return listing()
+
+    watches = OwnedWatches(SlowApi([]), lambda *_: None, kinds=OWNED_KINDS)
+    watches.start()
+    waiting = asyncio.ensure_future(watches.wait_listed())
+    await settle()
+    assert not waiting.done()
+    gate.set()
+    await asyncio.wait_for(waiting, 1)
+    await watches.stop()
+
+
+def test_the_index_hands_out_the_summaries_of_one_endpoint():
+    index = OwnedIndex()
+    assert index.put("u1", ("ml", "a"), "s1") == [("ml", "a")]
+    assert index.put("u1", ("ml", "a"), "s1") == []
+    assert index.put("u2", ("ml", "a"), "s2") == [("ml", "a")]
+    assert sorted(index.get(("ml", "a"))) == ["s1", "s2"] and list(index.get(("ml", "b"))) == []
+    assert index.discard("u1") == [("ml", "a")] and index.discard("u1") == []
+    assert list(index.get(("ml", "a"))) == ["s2"]
+
+
+def test_the_owner_is_read_from_slotkeepers_labels_only():
+    assert owner_key(service("x", endpoint="credit")) == ("ml", "credit")
+    assert owner_key(service("x", managed=False)) is None
+    assert owner_key({"metadata": {"labels": {LABEL_MANAGED_BY: MANAGED_BY}}}) is None
