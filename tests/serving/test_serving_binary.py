@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -183,6 +184,89 @@ def test_the_remembered_headers_are_bounded(monkeypatch):
         assert len(binarydata._BINARY_HEADERS) <= 3
 
 
+@pytest.mark.parametrize("datatype", [name for name in FIXED if name != "BOOL"])
+def test_a_remembered_header_copies_binary_data_as_the_checked_path_does(datatype):
+    tensors = {"x": sample(datatype), "empty": np.empty((0, 3), dtype=DATATYPES[datatype]),
+               "y": sample(datatype)[:1, 1:]}
+    body, length = binary_body(tensors, dict.fromkeys(tensors, datatype))
+    first = parse_infer_request(body, length)  # checked in full, then remembered
+    assert binarydata._BINARY_HEADERS[body[:length]].copied_size == len(body) - length
+    second = parse_infer_request(body, length)  # copied, the checks having nothing left to catch
+    for a, b in zip(first.inputs, second.inputs, strict=True):
+        assert (a.name, a.datatype, a.shape) == (b.name, b.datatype, b.shape)
+        assert b.array.dtype == a.array.dtype == DATATYPES[datatype] and b.array.shape == a.array.shape
+        assert b.array.tobytes() == a.array.tobytes()
+        flags = b.array.flags
+        assert flags.writeable and flags.aligned and flags.c_contiguous
+
+
+def test_headers_with_bool_or_bytes_inputs_are_not_copied_unchecked():
+    for datatype in ("BOOL", "BYTES"):
+        body, length = binary_body({"x": sample(datatype)}, {"x": datatype})
+        parse_infer_request(body, length)
+        assert binarydata._BINARY_HEADERS[body[:length]].copied_size is None
+
+
+def _expected_answer(model_version, outputs):
+    doc = {"model_name": "m", **({"model_version": model_version} if model_version else {}),
+           "outputs": [{"name": o["name"], "shape": o["shape"], "datatype": o["datatype"],
+                        "parameters": {"binary_data_size": len(tensor_bytes(o["datatype"], o.array))}}
+                       for o in outputs]}
+    header = orjson.dumps(doc)
+    return header + b"".join(tensor_bytes(o["datatype"], o.array) for o in outputs), len(header)
+
+
+def test_remembered_answer_headers_give_the_bytes_a_fresh_encoding_does():
+    request = parse_infer_request(*binary_body({"x": sample("FP32")}, {"x": "FP32"},
+                                               parameters={"binary_data_output": True}))
+    protocol._ANSWER_HEADERS.clear()
+    cases = [
+        ("", [encode_tensor("predict", np.array([1, 0]), binary=True)]),
+        ("", [encode_tensor("predict", np.array([1, 0, 1]), binary=True)]),  # another shape
+        ("", [encode_tensor("predict", np.array([1.5, 0.5]), binary=True)]),  # another datatype
+        ("", [encode_tensor("predict", np.array(["ab", "c"]), binary=True)]),  # same shape, BYTES sizes differ:
+        ("", [encode_tensor("predict", np.array(["abc", "d"]), binary=True)]),
+        ("", [encode_tensor("other", np.array([1, 0]), binary=True)]),  # another name
+        ("2", [encode_tensor("predict", np.array([1, 0]), binary=True)]),  # a version
+        ("", [encode_tensor("predict", np.array([[1, 0]]), binary=True),
+              encode_tensor("proba", np.array([[0.25, 0.75]]), binary=True)]),
+    ]
+    for _ in range(2):  # made, then remembered
+        for version, outputs in cases:
+            assert protocol.encode_answer("m", version, None, outputs, request) == _expected_answer(version, outputs)
+    assert len(protocol._ANSWER_HEADERS) == len(cases)
+
+
+def test_answers_with_an_id_or_json_outputs_are_not_remembered():
+    mixed = parse_infer_request(*binary_body({"x": sample("FP32")}, {"x": "FP32"},
+                                             parameters={"binary_data_output": True},
+                                             outputs=[{"name": "a"}, {"name": "b", "parameters": {"binary_data": False}}]))
+    protocol._ANSWER_HEADERS.clear()
+    outputs = [encode_tensor("a", np.array([1]), binary=True), encode_tensor("b", np.array([2]))]
+    body, length = protocol.encode_answer("m", "", None, outputs, mixed)
+    assert orjson.loads(body[:length])["outputs"][1]["data"] == [2] and body[length:] == tensor_bytes("INT64", np.array([1]))
+    body, length = protocol.encode_answer("m", "", "r-1", outputs[:1], mixed)
+    assert orjson.loads(body[:length])["id"] == "r-1"
+    assert not protocol._ANSWER_HEADERS
+
+
+def test_the_remembered_answer_headers_are_bounded(monkeypatch):
+    monkeypatch.setattr(protocol, "ANSWER_HEADERS_KEPT", 3)
+    protocol._ANSWER_HEADERS.clear()
+    request = parse_infer_request(*binary_body({"x": sample("FP32")}, {"x": "FP32"},
+                                               parameters={"binary_data_output": True}))
+    for n in range(1, 8):
+        outputs = [encode_tensor("predict", np.arange(n), binary=True)]
+        assert protocol.encode_answer("m", "", None, outputs, request) == _expected_answer("", outputs)
+        assert len(protocol._ANSWER_HEADERS) <= 3
+
+
+def test_a_binary_output_tensor_carries_its_array_and_no_json_data():
+    encoded = encode_tensor("predict", np.array([[0.5, math.nan]]), binary=True)
+    assert encoded == {"name": "predict", "shape": [1, 2], "datatype": "FP64"}
+    assert encoded.array.tobytes() == np.array([[0.5, math.nan]]).tobytes()
+
+
 def test_binary_data_size_without_the_header_is_refused():
     header = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
                                        "parameters": {"binary_data_size": 4}}]})
@@ -311,6 +395,26 @@ def test_malformed_binary_bodies_are_400_over_http_and_count_as_failures(credit_
     assert "needs the Inference-Header-Content-Length header" in response.json()["error"]
     after = credit_server.counts()
     assert after["failure"] - before["failure"] == 3
+
+
+@pytest.mark.parametrize("model", ["linreg", "tree"])  # float outputs on the fast path; the model thread
+def test_binary_answers_carry_the_json_answers_values(start_server, model_files, model):
+    server = start_server(model_files[model], model_name=model)
+    url = server.infer_url()
+    for rows in (1, 3, 1, 3):  # a shape again meets its remembered request and answer headers
+        X = np.random.default_rng(rows).standard_normal((rows, 4))
+        body, length = binary_body({"input-0": X}, {"input-0": "FP64"}, parameters={"binary_data_output": True})
+        binary = server.client.post(url, content=body, headers={"Inference-Header-Content-Length": str(length)})
+        plain = server.client.post(url, content=json_body({"input-0": X}, {"input-0": "FP64"}))
+        assert binary.status_code == plain.status_code == 200, binary.text
+        assert binary.headers["content-type"] == "application/octet-stream"
+        assert int(binary.headers["content-length"]) == len(binary.content)
+        doc, raw = read_binary_response(binary)
+        (expected,) = plain.json()["outputs"]
+        (output,) = doc["outputs"]
+        assert {k: output[k] for k in ("name", "shape", "datatype")} == {
+            k: expected[k] for k in ("name", "shape", "datatype")}
+        assert raw[expected["name"]] == np.array(expected["data"], dtype=DATATYPES[expected["datatype"]]).tobytes()
 
 
 def test_text_model_takes_binary_bytes(start_server, model_files, trained):

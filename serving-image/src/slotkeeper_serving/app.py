@@ -389,6 +389,9 @@ def _length_headers(scope) -> tuple[int | None, int | None]:
             except ValueError:
                 raise ProtocolError("invalid Content-Length header") from None
         elif key == b"inference-header-content-length":
+            if value.isdigit():  # the usual form, checked at once (ASCII digits only: bytes)
+                json_length = int(value)
+                continue
             try:
                 json_length = int(value)
             except ValueError:

@@ -27,6 +27,13 @@ _BINARY_HEADERS: dict[bytes, _BinaryHeader] = {}
 BINARY_HEADERS_KEPT = 256
 
 
+# The datatypes whose wire form is this host's own (fixed width, little-endian host), not BOOL: their
+# arrays are a plain copy of the bytes. BOOL's bytes need checking, BYTES' parsing.
+_COPIED_DTYPES = {
+    name: dtype for name, dtype in _WIRE_DTYPES.items() if name != "BOOL" and dtype == DATATYPES[name]
+}
+
+
 @dataclass(frozen=True, slots=True)
 class _BinaryInput:
     name: str
@@ -42,23 +49,42 @@ class _BinaryHeader:
     parameters: dict[str, Any]
     binary_default: bool
     output_binary: dict[str, bool] | None
+    # The sum of the inputs' binary_data_size, if every input is of a _COPIED_DTYPES datatype, else None.
+    copied_size: int | None
 
     def bind(self, binary: memoryview) -> InferRequest:
-        reader = BinaryReader(binary)
-        tensors = []
-        for spec in self.inputs:
-            where = f"input {spec.name!r}"
-            array = binary_to_array(reader.take(spec.size, where), spec.datatype, spec.shape, where)
-            tensors.append(Tensor(name=spec.name, datatype=spec.datatype, shape=spec.shape, array=array))
-        reader.finish()
+        if len(binary) == self.copied_size:
+            tensors = self._copied(binary)
+        else:
+            reader = BinaryReader(binary)
+            tensors = []
+            for spec in self.inputs:
+                where = f"input {spec.name!r}"
+                array = binary_to_array(reader.take(spec.size, where), spec.datatype, spec.shape, where)
+                tensors.append(Tensor(spec.name, spec.datatype, spec.shape, array))
+            reader.finish()
         return InferRequest(
-            id=None,
-            inputs=tuple(tensors),
-            output_names=self.output_names,
-            parameters=dict(self.parameters),  # each request its own: a model may add to it
-            binary_default=self.binary_default,
-            output_binary=self.output_binary,
+            None,
+            tuple(tensors),
+            self.output_names,
+            dict(self.parameters),  # each request its own: a model may add to it
+            self.binary_default,
+            self.output_binary,
         )
+
+    def _copied(self, binary: memoryview) -> list[Tensor]:
+        # What the loop above would give without its checks, which cannot fail here: this header's
+        # first request passed them, so each size is its shape's byte count (binary_to_array), and the
+        # body has exactly their sum (so no take() runs short, nothing is left for finish()).
+        tensors = []
+        offset = 0
+        for spec in self.inputs:
+            end = offset + spec.size
+            # A copy (the body buffer is read-only and may be reused), in a buffer of its own so it is aligned.
+            array = np.frombuffer(bytearray(binary[offset:end]), _COPIED_DTYPES[spec.datatype]).reshape(spec.shape)
+            tensors.append(Tensor(spec.name, spec.datatype, spec.shape, array))
+            offset = end
+        return tensors
 
 
 def remember_header(header: bytes, raw_inputs: list[Any], request: InferRequest) -> None:
@@ -72,8 +98,10 @@ def remember_header(header: bytes, raw_inputs: list[Any], request: InferRequest)
     )
     if len(_BINARY_HEADERS) >= BINARY_HEADERS_KEPT:  # many shapes or clients: start again
         _BINARY_HEADERS.clear()
+    copied = all(spec.datatype in _COPIED_DTYPES for spec in inputs)
     _BINARY_HEADERS[header] = _BinaryHeader(
-        inputs, request.output_names, dict(request.parameters), request.binary_default, request.output_binary
+        inputs, request.output_names, dict(request.parameters), request.binary_default, request.output_binary,
+        sum(spec.size for spec in inputs) if copied else None,
     )
 
 

@@ -240,7 +240,7 @@ class SklearnModel:
             or not fastpath.accepts(X, self._fast_features)
         ):
             return None
-        return [encode_tensor("predict", self._fast(X))]
+        return [encode_tensor("predict", self._fast(X), binary=request.wants_binary("predict"))]
 
     def predict_arrays(self, X: np.ndarray, wanted: tuple[str, ...] = ("predict",)) -> list[Any]:
         """Synchronous predict for the batch mode: the verified fast path where infer_inline would take it."""
@@ -262,7 +262,10 @@ class SklearnModel:
         else:
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(self._thread, self._predict, X, wanted)
-        return [encode_tensor(name, value) for name, value in zip(wanted, results, strict=True)]
+        return [
+            encode_tensor(name, value, binary=request.wants_binary(name))
+            for name, value in zip(wanted, results, strict=True)
+        ]
 
     def _predict(self, X: np.ndarray, wanted: tuple[str, ...]) -> list[Any]:
         try:
@@ -386,7 +389,7 @@ class BoosterModel:
         else:
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(self._thread, self._predict, X)
-        return [encode_tensor("predict", result)]
+        return [encode_tensor("predict", result, binary=request.wants_binary("predict"))]
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
         try:

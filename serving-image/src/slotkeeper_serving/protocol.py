@@ -237,11 +237,18 @@ class OutputTensor(dict):
     __slots__ = ("array",)
 
 
-def encode_tensor(name: str, value: Any) -> dict[str, Any]:
-    """A numpy array (or anything np.asarray takes) -> a v2 output tensor, data flattened row-major."""
+def encode_tensor(name: str, value: Any, *, binary: bool = False) -> dict[str, Any]:
+    """A numpy array (or anything np.asarray takes) -> a v2 output tensor, data flattened row-major.
+
+    binary: the request wants this output in binary form (InferRequest.wants_binary), so
+    encode_answer sends the array's bytes and the tensor gets no JSON 'data'."""
     array = np.asarray(value)
     datatype = datatype_of(array)
     shape = list(array.shape) or [1]
+    if binary:
+        tensor = OutputTensor(name=name, shape=shape, datatype=datatype)
+        tensor.array = array
+        return tensor
     data = array.reshape(-1).tolist()
     if datatype == "BYTES":
         data = [as_text(item) for item in data]
@@ -269,35 +276,61 @@ def encode_answer(
 ) -> tuple[bytes, int | None]:
     """(body, json_length): json_length is None for a plain JSON body, else the
     Inference-Header-Content-Length of a body with binary output data appended."""
+    binary_parts: list[bytes] = []
+    known = None
+    if request is not None and (request.binary_default or request.output_binary):
+        # Each output's binary data, None for one in JSON; and, if all are binary and there is no id,
+        # what the JSON part depends on (see _ANSWER_HEADERS).
+        raws: list[bytes | None] = []
+        key: list[Any] | None = [model_name, model_version] if request_id is None else None
+        for output in outputs:
+            array = getattr(output, "array", None)
+            if array is None or not request.wants_binary(output["name"]):
+                raws.append(None)
+                key = None
+                continue
+            raw = tensor_bytes(output["datatype"], array)
+            raws.append(raw)
+            binary_parts.append(raw)
+            if key is not None:
+                key += (output["name"], output["datatype"], tuple(output["shape"]), len(raw))
+        if key is not None and binary_parts:
+            known = tuple(key)
+            header = _ANSWER_HEADERS.get(known)
+            if header is not None:
+                return b"".join([header, *binary_parts]), len(header)
+        outputs = [output if raw is None else _binary_output(output, len(raw)) for output, raw in zip(outputs, raws)]
     response: dict[str, Any] = {"model_name": model_name}
     if model_version:
         response["model_version"] = model_version
     if request_id is not None:
         response["id"] = request_id
-    binary_parts: list[bytes] = []
-    if request is not None and (request.binary_default or request.output_binary):
-        encoded = []
-        for output in outputs:
-            array = getattr(output, "array", None)
-            if array is None or not request.wants_binary(output["name"]):
-                encoded.append(output)
-                continue
-            raw = tensor_bytes(output["datatype"], array)
-            binary_parts.append(raw)
-            encoded.append(
-                {
-                    "name": output["name"],
-                    "shape": output["shape"],
-                    "datatype": output["datatype"],
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            )
-        outputs = encoded
     response["outputs"] = outputs
     header = orjson.dumps(response)
     if not binary_parts:
         return header, None
+    if known is not None:
+        if len(_ANSWER_HEADERS) >= ANSWER_HEADERS_KEPT:  # many shapes: start again
+            _ANSWER_HEADERS.clear()
+        _ANSWER_HEADERS[known] = header
     return b"".join([header, *binary_parts]), len(header)
+
+
+# The JSON part of an answer whose outputs are all binary (and without an id) depends only on the
+# model's name and version and each output's name, datatype, shape and byte count: made once per
+# such key, as a client of one shape gets the same one with every answer.
+_ANSWER_HEADERS: dict[tuple, bytes] = {}
+ANSWER_HEADERS_KEPT = 256
+
+
+def _binary_output(output: dict[str, Any], size: int) -> dict[str, Any]:
+    """An output tensor's JSON in a binary answer: its data follows the JSON part."""
+    return {
+        "name": output["name"],
+        "shape": output["shape"],
+        "datatype": output["datatype"],
+        "parameters": {"binary_data_size": size},
+    }
 
 
 def error_body(message: str) -> bytes:
