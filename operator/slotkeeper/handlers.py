@@ -68,13 +68,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 10 * 60
     # Memory follows kopf's concurrency: an idle per-object worker holds its slot for idle_timeout.
     # 20 workers released after 0.1 s: 1,000 endpoints at 53/s in 151 MiB (benchmarks/operator).
-    # No worker limit by default: kopf holds every handler until the initial listings are indexed,
-    # each object in its own worker, so a limit below the owned objects of one kind deadlocks a
-    # restart (benchmarks/operator/restart.py: 7 endpoints hang with 20). Unlimited costs no RSS there.
+    # No worker limit by default: while kopf indexed the owned objects, a limit below their count
+    # deadlocked a restart (benchmarks/operator/restart.py: 7 endpoints hung with 20); kopf now
+    # watches endpoints only (owned.py), and unlimited costs no RSS.
     limit = os.environ.get("SLOTKEEPER_WORKER_LIMIT")
     settings.queueing.worker_limit = int(limit) if limit else None
     settings.queueing.idle_timeout = float(os.environ.get("SLOTKEEPER_IDLE_TIMEOUT", "0.1"))
-    # "Handler succeeded" at INFO for every watch event of the indexes is no news; warnings still show.
+    # "Handler succeeded" at INFO for every endpoint watch event is no news; warnings still show.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if getattr(memo, "cluster", None) is None:
         # Tests hand in a client configuration for their API double; a real install loads its own.

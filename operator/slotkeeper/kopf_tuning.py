@@ -6,7 +6,7 @@ kopf's diff base took 5 % of the operator's CPU and its JSON decoding of watch l
 * **The diff base.** For every event of every watched kind kopf builds the object's "essence" (a
   deep copy of the whole body, managedFields included) and diffs it against the last handled one.
   Only change-detecting handlers (on.create/update/resume/field) and daemons use that diff;
-  slotkeeper registers none (its handlers are on.event, indexes and start-up/clean-up), so
+  slotkeeper registers none (its handlers are on.event and start-up/clean-up), so
   :class:`NoDiffBase` says there is none. ``tests/unit/test_kopf_tuning.py`` fails if such a handler
   is ever registered, because it would then need the real storage back.
 * **Watch decoding.** kopf decodes each watch line with the standard library's ``json``; orjson

@@ -77,6 +77,7 @@ OWNED_KINDS = (
     OwnedKind("slot_autoscalers", "autoscaling", "v2", "horizontalpodautoscalers", summarise_autoscaler),
     OwnedKind("slot_disruption_budgets", "policy", "v1", "poddisruptionbudgets", summarise_disruption_budget),
     OwnedKind("endpoint_routes", "gateway.networking.k8s.io", "v1", "httproutes", summarise_route),
+    # The quality monitor's Jobs (spec.monitor.onFailure.job) and batch runs: status shows their outcome.
     OwnedKind("monitor_jobs", "batch", "v1", "jobs", summarise_job),
 )
 

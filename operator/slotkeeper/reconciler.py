@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ObservedSources:
-    """The watch-fed views of what the endpoint owns (kopf indexes in production)."""
+    """The watch-fed views of what the endpoint owns (owned.py's indexes in production)."""
     deployments: Iterable[DeploymentSummary]
     pods: Iterable[PodSummary]
     services: Mapping[str, Mapping[str, str]]  # Service name -> selector
