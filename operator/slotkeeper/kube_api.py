@@ -71,6 +71,8 @@ class KubeApi:
         self.max_connections = max_connections
         self._relogin = relogin
         self._session: aiohttp.ClientSession | None = None
+        self._retired: list[aiohttp.ClientSession] = []  # sessions of credentials renewed since
+        self._renewing = asyncio.Lock()
 
     def _new_session(self) -> aiohttp.ClientSession:
         info = self.connection
@@ -87,13 +89,12 @@ class KubeApi:
         """The parsed JSON answer (None when empty); an error answer raises :class:`ApiError`."""
         data = orjson.dumps(body) if body is not None else None
         for attempt in (1, 2):
-            if self._session is None:
-                self._session = self._new_session()
-            async with self._session.request(method, self.connection.server.rstrip("/") + path, data=data,
-                                             params=params, headers={"Content-Type": content_type}) as response:
+            session, connection = self._current()
+            async with session.request(method, connection.server.rstrip("/") + path, data=data,
+                                       params=params, headers={"Content-Type": content_type}) as response:
                 raw = await response.read()
                 if response.status == 401 and attempt == 1 and self._relogin is not None:
-                    await self._renew()
+                    await self._renew(connection)
                     continue
                 if response.status >= 400:
                     raise ApiError(status=response.status, reason=response.reason,
@@ -101,31 +102,41 @@ class KubeApi:
                 return orjson.loads(raw) if raw else None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def stream(self, path: str, *, params: Mapping[str, str], timeout: float) -> AsyncIterator[Any]:
-        """Each line of a streamed JSON answer (a watch), parsed, until the server ends it or ``timeout``
-        seconds have passed; an error answer raises :class:`ApiError` (a 401 logs in again once)."""
+    async def stream(self, path: str, *, params: Mapping[str, str], timeout: float,
+                     idle_timeout: float | None = None) -> AsyncIterator[Any]:
+        """Each line of a streamed JSON answer (a watch), parsed, until the server ends it; an error
+        answer raises :class:`ApiError` (a 401 logs in again once). ``TimeoutError`` after ``timeout``
+        seconds in all, or ``idle_timeout`` seconds without a byte (a connection gone half-open: a
+        watch that asked for bookmarks hears from the apiserver about once a minute)."""
         connect, _ = self.request_timeout
-        # No read timeout between lines: a quiet watch sends nothing for minutes.
         limits = aiohttp.ClientTimeout(total=timeout, sock_connect=connect, sock_read=None)
         for attempt in (1, 2):
-            if self._session is None:
-                self._session = self._new_session()
-            async with self._session.get(self.connection.server.rstrip("/") + path, params=params,
-                                         timeout=limits) as response:
+            session, connection = self._current()
+            async with session.get(connection.server.rstrip("/") + path, params=params, timeout=limits) as response:
                 if response.status == 401 and attempt == 1 and self._relogin is not None:
-                    await self._renew()
+                    await self._renew(connection)
                     continue
                 if response.status >= 400:
                     raw = await response.read()
                     raise ApiError(status=response.status, reason=response.reason,
                                    body=raw.decode("utf-8", errors="replace"))
-                buffer = b""
-                async for chunk in response.content.iter_any():
-                    *lines, buffer = (buffer + chunk).split(b"\n")
-                    for line in lines:
+                buffer = bytearray()
+                while True:
+                    async with asyncio.timeout(idle_timeout):
+                        chunk = await response.content.readany()
+                    if not chunk:
+                        return
+                    start = len(buffer)
+                    buffer += chunk
+                    end = buffer.find(b"\n", start)
+                    begin = 0
+                    while end >= 0:
+                        line = bytes(buffer[begin:end])
                         if line.strip():
                             yield orjson.loads(line)
-                return
+                        begin = end + 1
+                        end = buffer.find(b"\n", begin)
+                    del buffer[:begin]
 
     def for_streams(self) -> KubeApi:
         """A client on the same credentials with no limit of connections: each open watch holds one
@@ -133,12 +144,25 @@ class KubeApi:
         return KubeApi(self.connection, request_timeout=self.request_timeout, max_connections=0,
                        relogin=self._relogin)
 
-    async def _renew(self) -> None:
+    def _current(self) -> tuple[aiohttp.ClientSession, kopf.ConnectionInfo]:
+        if self._session is None:
+            self._session = self._new_session()
+        return self._session, self.connection
+
+    async def _renew(self, failed: kopf.ConnectionInfo) -> None:
+        """Log in again, once for all the requests that got a 401 on the credentials ``failed``. The
+        old session is retired, not closed: watches still open on it go on until they end."""
         assert self._relogin is not None
-        self.connection = await asyncio.to_thread(self._relogin)
-        await self.close()
+        async with self._renewing:
+            if self.connection is not failed:
+                return  # another request renewed them meanwhile
+            self.connection = await asyncio.to_thread(self._relogin)
+            if self._session is not None:
+                self._retired.append(self._session)
+            self._session = None
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        sessions, self._session, self._retired = [self._session, *self._retired], None, []
+        for session in sessions:
+            if session is not None:
+                await session.close()

@@ -5,6 +5,7 @@ one new login after a 401."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -144,6 +145,7 @@ async def test_a_stream_yields_each_line_parsed_even_when_lines_are_split_across
         for piece in (b'{"type": "ADDED", "obj', b'ect": {"n": 1}}\n\n{"type": "MOD', b'IFIED"}\n',
                       b'{"type": "DELETED"}\n'):
             await response.write(piece)
+            await asyncio.sleep(0.02)  # each piece its own chunk at the client
         await response.write_eof()
         return response
 
@@ -186,3 +188,71 @@ def test_the_client_for_streams_shares_the_credentials_and_has_no_connection_lim
     streams = api.for_streams()
     assert streams.connection is api.connection and streams._relogin is relogin
     assert streams.max_connections == 0 and streams is not api
+
+
+async def test_a_stream_401_after_the_login_is_an_api_error_not_a_second_login():
+    tokens, logins = [], []
+
+    async def watch(request):
+        tokens.append(request.headers.get("Authorization"))
+        return aiohttp.web.json_response({"kind": "Status", "code": 401}, status=401)
+
+    runner, url = await streaming_server(watch)
+
+    def relogin():
+        logins.append(1)
+        return kopf.ConnectionInfo(server=url, token=f"t{len(logins)}")
+
+    api = KubeApi(kopf.ConnectionInfo(server=url, token="t0"), relogin=relogin)
+    try:
+        with pytest.raises(ApiError) as raised:
+            [event async for event in api.stream("/api/v1/pods", params={}, timeout=5)]
+    finally:
+        await api.close()
+        await runner.cleanup()
+    assert raised.value.status == 401 and tokens == ["Bearer t0", "Bearer t1"] and len(logins) == 1
+
+
+async def test_requests_that_get_401_together_log_in_once_and_open_watches_go_on():
+    logins = []
+
+    async def handle(request):
+        if request.headers.get("Authorization") == "Bearer old":
+            await asyncio.sleep(0.05)  # all three are under way before the first 401 comes back
+            return aiohttp.web.json_response({"kind": "Status", "code": 401}, status=401)
+        return aiohttp.web.json_response({"kind": "Thing"})
+
+    runner, url = await streaming_server(handle)
+
+    def relogin():
+        logins.append(1)
+        return kopf.ConnectionInfo(server=url, token="new")
+
+    api = KubeApi(kopf.ConnectionInfo(server=url, token="old"), relogin=relogin)
+    try:
+        answers = await asyncio.gather(*(api.request("GET", f"/api/v1/pods/{n}") for n in range(3)))
+    finally:
+        await api.close()
+        await runner.cleanup()
+    assert answers == [{"kind": "Thing"}] * 3 and len(logins) == 1
+
+
+async def test_a_stream_quiet_for_longer_than_its_idle_timeout_raises_timeout():
+    async def watch(request):
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b'{"type": "BOOKMARK"}\n')
+        await asyncio.sleep(1)  # then nothing: a connection gone half-open looks like this
+        return response
+
+    runner, url = await streaming_server(watch)
+    api = KubeApi(kopf.ConnectionInfo(server=url)).for_streams()
+    events = []
+    try:
+        with pytest.raises(TimeoutError):
+            async for event in api.stream("/api/v1/pods", params={}, timeout=10, idle_timeout=0.2):
+                events.append(event)
+    finally:
+        await api.close()
+        await runner.cleanup()
+    assert events == [{"type": "BOOKMARK"}]

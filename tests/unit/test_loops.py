@@ -177,15 +177,17 @@ async def test_once_its_status_is_written_a_loop_keeps_the_endpoint_without_the_
 
     monkeypatch.setattr(handlers, "EndpointReconciler", Reconciler)
     monkeypatch.setattr(handlers, "CheckRunner", lambda *_, **__: None)
-    class Listed:  # the owned objects' watches, listed and empty
+    listed = asyncio.Event()
+
+    class Owned:  # the owned objects' watches: empty, listed once the test says so
         async def wait_listed(self):
-            pass
+            await listed.wait()
 
         def __getitem__(self, index):
             return OwnedIndex()
 
     memo = type("Memo", (), {"cluster": type("Cluster", (), {"read_keys": None})(), "http": None,
-                             "slot_access": None, "retry_backoff": 0.5, "owned": Listed()})()
+                             "slot_access": None, "retry_backoff": 0.5, "owned": Owned()})()
     loops = EndpointLoops()
     body = {"metadata": {"name": "credit"}, "spec": {}, "status": {"phase": "Progressing"}}
 
@@ -193,6 +195,10 @@ async def test_once_its_status_is_written_a_loop_keeps_the_endpoint_without_the_
         await handlers.reconcile_endpoint(key, loop, memo)
 
     loops.seen(KEY, body, run)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert bodies == []  # no pass before every owned kind has been listed
+    listed.set()
     for _ in range(20):
         await asyncio.sleep(0)
     (loop,) = loops._loops.values()

@@ -28,8 +28,9 @@ def listing(*items, version="10"):
 
 
 class ScriptedApi:
-    """Answers each list from ``lists`` and each watch from ``watches`` in turn (an exception is
-    raised); a watch with no script left stays open and quiet."""
+    """Answers each list from ``lists`` and each watch from ``watches`` in turn: a list of events,
+    an exception to raise, or (events, exception) for a watch broken after some events. A watch
+    with no script left stays open and quiet."""
 
     def __init__(self, lists, watches=()):
         self.lists, self.watches = list(lists), list(watches)
@@ -43,18 +44,25 @@ class ScriptedApi:
             raise answer
         return answer
 
-    async def stream(self, path, *, params, timeout):
+    async def stream(self, path, *, params, timeout, idle_timeout=None):
         self.sent.append(("watch", path, dict(params)))
         if not self.watches:
             await asyncio.Event().wait()
         script = self.watches.pop(0)
         if isinstance(script, Exception):
             raise script
-        for event in script:
+        events, broken = script if isinstance(script, tuple) else (script, None)
+        for event in events:
             yield event
+        if broken is not None:
+            raise broken
 
     async def close(self):
         self.closed = True
+
+    def versions(self):
+        """The resourceVersion each watch started from."""
+        return [params.get("resourceVersion") for kind, _, params in self.sent if kind == "watch"]
 
 
 async def settle():
@@ -149,19 +157,30 @@ async def test_an_expired_version_lists_again_and_drops_what_went_meanwhile(woke
     await watches.stop()
 
 
-async def test_a_kind_the_cluster_does_not_serve_counts_as_listed_and_is_tried_again(woken, monkeypatch):
+def route(uid="r1", endpoint="credit"):
+    return {"metadata": {"name": endpoint, "namespace": "ml", "uid": uid, "resourceVersion": "5",
+                         "labels": {LABEL_ENDPOINT: endpoint, LABEL_MANAGED_BY: MANAGED_BY}}, "spec": {}}
+
+
+async def test_a_kind_the_cluster_does_not_serve_counts_as_listed(woken):
+    api = ScriptedApi([ApiError(status=404, reason="Not Found")])  # and then nothing: the retry is 60 s off
+    watches = await started(api, woken, kinds=(ROUTES,))  # wait_listed returned on the 404 alone
+    assert len(watches["endpoint_routes"]) == 0 and woken == []
+    await watches.stop()
+
+
+async def test_an_optional_kind_is_tried_again_and_its_objects_leave_when_it_goes(woken, monkeypatch):
     monkeypatch.setattr(owned, "MISSING_KIND_RETRY_SECONDS", 0.01)
-    route = {"metadata": {"name": "credit", "namespace": "ml", "uid": "r1", "resourceVersion": "5",
-                          "labels": {LABEL_ENDPOINT: "credit", LABEL_MANAGED_BY: MANAGED_BY}}, "spec": {}}
-    api = ScriptedApi([ApiError(status=404, reason="Not Found"), ApiError(status=404, reason="Not Found"),
-                       listing(route)])
-    watches = await started(api, woken, kinds=(ROUTES,))  # listed although the first answer was 404
+    api = ScriptedApi([ApiError(status=404, reason="Not Found"), listing(route()),
+                       ApiError(status=404, reason="Not Found"), listing()],
+                      [ApiError(status=404, reason="Not Found")])  # the CRDs removed while watching
+    watches = await started(api, woken, kinds=(ROUTES,))
     for _ in range(100):
-        if woken:
+        if len(woken) == 2:
             break
         await asyncio.sleep(0.01)
-    assert woken == [("ml", "credit")]  # the CRDs came: the route is seen
-    assert [kind for kind, _, _ in api.sent][:3] == ["list", "list", "list"]
+    assert woken == [("ml", "credit"), ("ml", "credit")]  # the CRDs came: the route seen; then gone
+    assert len(watches["endpoint_routes"]) == 0
     await watches.stop()
 
 
@@ -187,11 +206,104 @@ async def test_errors_back_off_and_the_index_keeps_what_it_had(woken, monkeypatc
 
 
 async def test_named_namespaces_get_a_stream_each_and_a_relist_keeps_the_other_namespace(woken):
-    api = ScriptedApi([listing(service("a", namespace="ml")), listing(service("b", namespace="ops"))])
+    class ByPath(ScriptedApi):  # each namespace's stream has its own script
+        def __init__(self, lists, watches):
+            super().__init__([])
+            self.by_path_lists, self.by_path_watches = lists, watches
+
+        async def request(self, method, path, body=None, *, params=None, **_):
+            self.sent.append(("list", path, dict(params or {})))
+            return self.by_path_lists[path].pop(0)
+
+        async def stream(self, path, *, params, timeout, idle_timeout=None):
+            self.sent.append(("watch", path, dict(params)))
+            script = self.by_path_watches[path]
+            if not script:
+                await asyncio.Event().wait()
+            failure = script.pop(0)
+            raise failure
+            yield  # an async generator
+
+    ml, ops = "/api/v1/namespaces/ml/services", "/api/v1/namespaces/ops/services"
+    api = ByPath({ml: [listing(service("a", namespace="ml")), listing(version="30")],
+                  ops: [listing(service("b", namespace="ops"))]},
+                 {ml: [ApiError(status=410, reason="Expired")], ops: []})
     watches = await started(api, woken, namespaces=("ml", "ops"))
-    assert sorted(path for kind, path, _ in api.sent if kind == "list") == [
-        "/api/v1/namespaces/ml/services", "/api/v1/namespaces/ops/services"]
-    assert len(watches["endpoint_services"]) == 2
+    await settle()
+    assert sorted(path for kind, path, _ in api.sent if kind == "list") == [ml, ml, ops]  # ml listed again
+    index = watches["endpoint_services"]
+    assert list(index.get(("ml", "credit"))) == []  # gone from ml's relisting
+    assert [name for name, _, _ in index.get(("ops", "credit"))] == ["b"]  # ops' stream untouched
+    await watches.stop()
+
+
+async def test_an_interrupted_watch_goes_on_from_the_last_event_it_saw(woken, monkeypatch):
+    monkeypatch.setattr(owned, "MAX_BACKOFF_SECONDS", 0.0)
+    api = ScriptedApi([listing(service("credit"))], [
+        ([{"type": "MODIFIED", "object": service("credit", version="14", selector={"slot": "green"})}],
+         OSError("connection reset")),
+    ])
+    watches = await started(api, woken)
+    await settle()
+    assert api.versions() == ["10", "14"]  # not "10" again: nothing replayed, no relist
+    assert [kind for kind, _, _ in api.sent].count("list") == 1
+    await watches.stop()
+
+
+async def test_a_quiet_watch_is_opened_again_without_back_off(woken, monkeypatch):
+    backoffs = []
+
+    async def no_backoff(stream, problem):
+        backoffs.append(problem)
+
+    api = ScriptedApi([listing()], [([{"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}}],
+                                     TimeoutError())])
+    watches = await started(api, woken)
+    monkeypatch.setattr(watches, "_back_off", no_backoff)
+    await settle()
+    assert api.versions() == ["10", "12"] and backoffs == []
+    await watches.stop()
+
+
+async def test_a_watch_that_ends_at_once_with_nothing_backs_off(woken, monkeypatch):
+    monkeypatch.setattr(owned, "MAX_BACKOFF_SECONDS", 0.0)  # no waiting; the back-offs are counted
+    api = ScriptedApi([listing()], [[], [], []])
+    watches = await started(api, woken)
+    await settle()
+    (stream,) = watches._streams
+    assert stream.failures == 3 and len(api.versions()) == 4
+    await watches.stop()
+
+
+async def test_an_object_its_summary_cannot_be_made_of_is_left_out_and_the_watch_goes_on(woken, caplog):
+    broken = service("odd", uid="u-odd")
+    broken["spec"] = "not a mapping"  # summarise_service fails on it
+    api = ScriptedApi([listing(service("credit"))], [[
+        {"type": "ADDED", "object": broken},
+        {"type": "MODIFIED", "object": service("credit", version="12", selector={"slot": "green"})},
+    ]])
+    watches = await started(api, woken)
+    assert [selector for _, selector, _ in watches["endpoint_services"].get(("ml", "credit"))] == [{"slot": "green"}]
+    assert "could not be read" in caplog.text and api.versions() == ["10", "12"]
+    await watches.stop()
+
+
+async def test_a_404_for_a_kind_that_must_be_served_is_an_error_not_an_empty_listing(woken, monkeypatch):
+    monkeypatch.setattr(owned, "MAX_BACKOFF_SECONDS", 0.0)
+    api = ScriptedApi([ApiError(status=404, reason="Not Found"), listing(service("credit"))])
+    watches = OwnedWatches(api, lambda *key: woken.append(key), kinds=(SERVICES,))
+    watches.start()
+    await asyncio.wait_for(watches.wait_listed(), 1)  # listed by the second answer, not the 404
+    assert [kind for kind, _, _ in api.sent][:2] == ["list", "list"] and woken == [("ml", "credit")]
+    await watches.stop()
+
+
+async def test_start_twice_starts_the_streams_once(woken):
+    watches = OwnedWatches(ScriptedApi([listing()]), lambda *_: None, kinds=(SERVICES,))
+    watches.start()
+    tasks = list(watches._tasks)
+    watches.start()
+    assert watches._tasks == tasks and len(tasks) == 1
     await watches.stop()
 
 
