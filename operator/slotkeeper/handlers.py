@@ -183,7 +183,8 @@ async def reconcile_endpoint(key: Key, loop: EndpointLoop, memo: kopf.Memo) -> N
     owned: OwnedWatches = memo.owned
     try:
         # Deciding from half-listed indexes (a restart) would re-create what exists.
-        await owned.wait_listed()
+        if not owned.listed and not await _listed_unless_stopped(owned, loop):
+            return
         while not loop.stopped.is_set():
             loop.wakeup.clear()
             services = list(owned["endpoint_services"].get(key))
@@ -207,6 +208,18 @@ async def reconcile_endpoint(key: Key, loop: EndpointLoop, memo: kopf.Memo) -> N
     finally:
         if reconciler.metrics is not None:  # deleted, or this instance stops: its series go
             reconciler.metrics.forget(key)
+
+
+async def _listed_unless_stopped(owned: OwnedWatches, loop: EndpointLoop) -> bool:
+    """Until the owned kinds are listed (True), or the loop is told to stop first (False): a stop
+    must not wait for a listing that may never come (an apiserver refusing it)."""
+    listing, stopping = asyncio.ensure_future(owned.wait_listed()), asyncio.ensure_future(loop.stopped.wait())
+    try:
+        await asyncio.wait({listing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        listing.cancel()
+        stopping.cancel()
+    return listing.done() and not listing.cancelled()
 
 
 async def _reconcile_pass(

@@ -185,8 +185,13 @@ class OwnedWatches:
         self._tasks = [loop.create_task(self._follow(stream), name=f"slotkeeper:watch {stream.where}")
                        for stream in self._streams]
 
+    @property
+    def listed(self) -> bool:
+        """Every stream has listed its kind once (or found an optional kind not served)."""
+        return all(stream.listed.is_set() for stream in self._streams)
+
     async def wait_listed(self) -> None:
-        """Until every stream has listed its kind once (or found an optional kind not served)."""
+        """Until :attr:`listed`."""
         for stream in self._streams:
             await stream.listed.wait()
 

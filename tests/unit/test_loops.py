@@ -180,6 +180,10 @@ async def test_once_its_status_is_written_a_loop_keeps_the_endpoint_without_the_
     listed = asyncio.Event()
 
     class Owned:  # the owned objects' watches: empty, listed once the test says so
+        @property
+        def listed(self):
+            return listed.is_set()
+
         async def wait_listed(self):
             await listed.wait()
 
@@ -198,6 +202,12 @@ async def test_once_its_status_is_written_a_loop_keeps_the_endpoint_without_the_
     for _ in range(20):
         await asyncio.sleep(0)
     assert bodies == []  # no pass before every owned kind has been listed
+    other = EndpointLoop(("ml", "other"), body)
+    waiting = asyncio.ensure_future(handlers.reconcile_endpoint(other.key, other, memo))
+    await asyncio.sleep(0)
+    other.stopped.set()  # told to stop while it waits for the listing: it ends at once, without a pass
+    await asyncio.wait_for(waiting, 1)
+    assert bodies == []
     listed.set()
     for _ in range(20):
         await asyncio.sleep(0)
