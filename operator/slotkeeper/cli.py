@@ -52,7 +52,8 @@ def _run_operator(args: argparse.Namespace) -> int:
             namespaces=list(args.namespace),  # kopf iterates it even cluster-wide: never None
             liveness_endpoint=args.liveness,
             memo=kopf.Memo(namespaced=bool(args.namespace), namespaces=list(args.namespace),
-                           kubeconfig=args.kubeconfig, context=args.context, slot_access_mode=args.slot_access, metrics_bind_address=args.metrics_bind_address,
+                           kubeconfig=args.kubeconfig, context=args.context, slot_access_mode=args.slot_access,
+                           metrics_bind_address=args.metrics_bind_address,
                            gc_freeze=True, **memo),
         )
 

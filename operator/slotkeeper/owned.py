@@ -285,8 +285,9 @@ class OwnedWatches:
             async with contextlib.aclosing(self.api.stream(stream.path, params=params, timeout=seconds + 60,
                                                            idle_timeout=WATCH_IDLE_SECONDS)) as lines:
                 async for event in lines:
-                    events += 1
                     self._apply(stream, event)
+                    events += 1
+                    stream.failures = 0  # it works again: a later break backs off from the start
         except TimeoutError:  # quiet beyond the bookmarks' rhythm (half-open?), or past its time: reopen
             log.debug("%s: the watch went quiet; opening it again", stream.where)
             return True

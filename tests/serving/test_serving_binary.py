@@ -240,11 +240,13 @@ def test_remembered_answer_headers_give_the_bytes_a_fresh_encoding_does():
 def test_answers_with_an_id_or_json_outputs_are_not_remembered():
     mixed = parse_infer_request(*binary_body({"x": sample("FP32")}, {"x": "FP32"},
                                              parameters={"binary_data_output": True},
-                                             outputs=[{"name": "a"}, {"name": "b", "parameters": {"binary_data": False}}]))
+                                             outputs=[{"name": "a"},
+                                                      {"name": "b", "parameters": {"binary_data": False}}]))
     protocol._ANSWER_HEADERS.clear()
     outputs = [encode_tensor("a", np.array([1]), binary=True), encode_tensor("b", np.array([2]))]
     body, length = protocol.encode_answer("m", "", None, outputs, mixed)
-    assert orjson.loads(body[:length])["outputs"][1]["data"] == [2] and body[length:] == tensor_bytes("INT64", np.array([1]))
+    assert orjson.loads(body[:length])["outputs"][1]["data"] == [2]
+    assert body[length:] == tensor_bytes("INT64", np.array([1]))
     body, length = protocol.encode_answer("m", "", "r-1", outputs[:1], mixed)
     assert orjson.loads(body[:length])["id"] == "r-1"
     assert not protocol._ANSWER_HEADERS

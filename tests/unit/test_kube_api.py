@@ -169,17 +169,24 @@ async def test_a_stream_error_answer_is_an_api_error_and_a_401_logs_in_again_onc
             return aiohttp.web.json_response({"kind": "Status", "code": 401}, status=401)
         return aiohttp.web.json_response({"kind": "Status", "code": 410, "reason": "Expired"}, status=410)
 
-    runner, url = await streaming_server(watch)
-    api = KubeApi(kopf.ConnectionInfo(server=url, token="old"),
-                  relogin=lambda: kopf.ConnectionInfo(server=url, token="new")).for_streams()
+    error = await stream_failure(watch, lambda url: KubeApi(
+        kopf.ConnectionInfo(server=url, token="old"),
+        relogin=lambda: kopf.ConnectionInfo(server=url, token="new")).for_streams())
+    assert error.status == 410 and "Expired" in error.body
+    assert tokens == ["Bearer old", "Bearer new"]
+
+
+async def stream_failure(handler, make_api) -> ApiError:
+    """The ApiError a stream from ``make_api(url)`` raises against a server answering with ``handler``."""
+    runner, url = await streaming_server(handler)
+    api = make_api(url)
     try:
         with pytest.raises(ApiError) as raised:
             [event async for event in api.stream("/api/v1/pods", params={}, timeout=5)]
     finally:
         await api.close()
         await runner.cleanup()
-    assert raised.value.status == 410 and "Expired" in raised.value.body
-    assert tokens == ["Bearer old", "Bearer new"]
+    return raised.value
 
 
 def test_the_client_for_streams_shares_the_credentials_and_has_no_connection_limit():
@@ -197,20 +204,14 @@ async def test_a_stream_401_after_the_login_is_an_api_error_not_a_second_login()
         tokens.append(request.headers.get("Authorization"))
         return aiohttp.web.json_response({"kind": "Status", "code": 401}, status=401)
 
-    runner, url = await streaming_server(watch)
+    def make_api(url):
+        def relogin():
+            logins.append(1)
+            return kopf.ConnectionInfo(server=url, token=f"t{len(logins)}")
+        return KubeApi(kopf.ConnectionInfo(server=url, token="t0"), relogin=relogin)
 
-    def relogin():
-        logins.append(1)
-        return kopf.ConnectionInfo(server=url, token=f"t{len(logins)}")
-
-    api = KubeApi(kopf.ConnectionInfo(server=url, token="t0"), relogin=relogin)
-    try:
-        with pytest.raises(ApiError) as raised:
-            [event async for event in api.stream("/api/v1/pods", params={}, timeout=5)]
-    finally:
-        await api.close()
-        await runner.cleanup()
-    assert raised.value.status == 401 and tokens == ["Bearer t0", "Bearer t1"] and len(logins) == 1
+    error = await stream_failure(watch, make_api)
+    assert error.status == 401 and tokens == ["Bearer t0", "Bearer t1"] and len(logins) == 1
 
 
 async def test_requests_that_get_401_together_log_in_once_and_open_watches_go_on():

@@ -340,3 +340,21 @@ def test_the_owner_is_read_from_slotkeepers_labels_only():
     assert owner_key(service("x", endpoint="credit")) == ("ml", "credit")
     assert owner_key(service("x", managed=False)) is None
     assert owner_key({"metadata": {"labels": {LABEL_MANAGED_BY: MANAGED_BY}}}) is None
+
+
+async def test_a_watch_that_worked_backs_off_from_the_start_when_it_breaks(woken, monkeypatch):
+    backoffs = []
+
+    async def recorded(stream, problem):
+        backoffs.append((problem, stream.failures))
+        stream.failures += 1
+
+    event = {"type": "MODIFIED", "object": service("credit", version="12", selector={"slot": "green"})}
+    api = ScriptedApi([listing(service("credit"))],
+                      [OSError("reset"), OSError("reset"), ([event], OSError("reset")), OSError("reset")])
+    watches = OwnedWatches(api, lambda *key: woken.append(key), kinds=(SERVICES,))
+    monkeypatch.setattr(watches, "_back_off", recorded)
+    watches.start()
+    await settle()
+    assert [failures for _, failures in backoffs] == [0, 1, 0, 1]  # the event in between reset the count
+    await watches.stop()
