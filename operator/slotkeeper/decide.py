@@ -31,8 +31,8 @@ from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionB
                       CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteRoute, EmitEvent, HandOverReplicas,
                       ScaleDeployment, SwitchTraffic)
 from .api import (SLOTS, Autoscaling, GatewayAPITraffic, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus,
-                  Rollout, ScaleDown, SlotStatus, keys_secret_name)
-from .checks.canary import actual_weight, replicas_for_weight
+                  Rollout, ScaleDown, keys_secret_name)
+from .checks.canary import replicas_for_weight
 from .checks.verdicts import Verdict, next_check_status, next_due, status_for, summarise_checks
 from .clock import format_time, parse_time
 from .conditions import set_condition
@@ -43,6 +43,7 @@ from .render import (ANNOTATION_CONFIG, LABEL_SLOT, NO_SLOT, endpoint_url, rende
                      render_http_route, render_slot_autoscaler, render_slot_deployment, render_slot_disruption_budget,
                      render_slot_service, slot_selector)
 from .revision import revision_of
+from .status_report import kstatus_conditions, report_slots_and_traffic, route_summary, serving_conditions
 from .service_ports import grpc_port_writes
 
 FIRST_SLOT = "blue"
@@ -352,8 +353,8 @@ def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gate
     _converge_slot_objects(step)
     _converge_route(step)
     _converge_service_ports(step)
-    _report_slots_and_traffic(step)
-    _kstatus_conditions(step)
+    report_slots_and_traffic(step)
+    kstatus_conditions(step)
     _write_ahead(step, endpoint.status)
     return step.decision()
 
@@ -541,7 +542,7 @@ def _after_revert(step: _Step) -> None:
     step.serve(active, step.spec.serving.replicas)
     _settle_idle_slot(step, other_slot(active))
     step.update(phase="RolledBack")
-    _serving_conditions(step, active)
+    serving_conditions(step, active)
 
 
 def _rollout(step: _Step, revision: str) -> None:
@@ -942,7 +943,7 @@ def _revert(step: _Step, rollout: Rollout, reason: str, message: str) -> None:
     step.condition("RolledBack", True, reason, message)
     step.condition("Progressing", False, reason, f"reverted to stable revision {step.status.stable_revision}")
     step.event("Warning", "RolledBack", f"reverted to revision {step.status.stable_revision}: {message}")
-    _serving_conditions(step, active)
+    serving_conditions(step, active)
 
 
 def _promote(step: _Step, rollout: Rollout, old_active: str, reason: str) -> None:
@@ -978,100 +979,10 @@ def _settle_idle_slot(step: _Step, idle: str) -> None:
     step.want_replicas(idle, keep)
 
 
-# ------------------------------------------------------------------------------- status reporting
+# ------------------------------------------------------ status reporting (the rest: status_report.py)
 
 
 def _healthy_conditions(step: _Step, message: str) -> None:
     step.condition("Progressing", False, "RolloutComplete", message)
     step.condition("RolledBack", False, "RolloutComplete", message)
-    _serving_conditions(step, step.status.active_slot or FIRST_SLOT)
-
-
-def _serving_conditions(step: _Step, active: str) -> None:
-    """Ready/Degraded follow the stable slot's ready replicas; a Healthy endpoint without any is Degraded."""
-    ready = step.observed.slot(active).ready_replicas
-    revision = step.status.stable_revision
-    if ready > 0:
-        step.condition("Ready", True, "StableRevisionServing", f"revision {revision}: {ready} ready in slot {active}")
-        step.condition("Degraded", False, "StableRevisionServing", f"slot {active} has ready replicas")
-        return
-    message = f"slot {active} (revision {revision}) has no ready replica"
-    step.condition("Ready", False, "NoReadyReplicas", message)
-    step.condition("Degraded", True, "NoReadyReplicas", message)
-    if step.status.phase == "Healthy":
-        step.update(phase="Degraded")
-
-
-def _kstatus_conditions(step: _Step) -> None:
-    """Reconciling/Stalled: the two conditions kstatus (Flux, kpt, cli-utils) reads for health."""
-    phase = step.status.phase
-    step.condition("Reconciling", phase in ("Pending", "Progressing"), phase, f"phase {phase}")
-    stalled = phase in ("Degraded", "RolledBack")
-    reason = next((c.reason for c in step.status.conditions
-                   if c.type == ("RolledBack" if phase == "RolledBack" else "Degraded") and c.status == "True"), phase)
-    step.condition("Stalled", stalled, reason if stalled else phase, f"phase {phase}")
-
-
-def _report_slots_and_traffic(step: _Step) -> None:
-    observed = step.observed
-    slots = {
-        slot: SlotStatus(revision=observed.slot(slot).revision, replicas=observed.slot(slot).replicas,
-                         current_replicas=observed.slot(slot).current_replicas,
-                         ready_replicas=observed.slot(slot).ready_replicas,
-                         autoscaled=observed.slot(slot).autoscaler is not None)
-        for slot in SLOTS if observed.slot(slot).deployment is not None
-    }
-    # What the cluster routes by now, not what this pass is about to write: a switch shows in the
-    # status once the watches have shown it (the next pass), and a write that did not take never does.
-    if step.gateway is not None:
-        _report_route_traffic(step, slots)
-        return
-    traffic = traffic_shares(observed.cluster_selector, observed)
-    summary = ", ".join(f"{slot} {share}%" for slot, share in traffic.items() if share) or None
-    step.update(slots=slots, traffic=traffic, traffic_summary=summary)
-
-
-def route_summary(body: Mapping) -> str:
-    """'blue 80%, green 20%' (+ ', mirror 20% to green') of a rendered route."""
-    from .observe import summarise_route  # noqa: PLC0415 - observe imports render only
-    route = summarise_route(body)
-    text = ", ".join(f"{slot} {weight}%" for slot, weight in route.weights.items() if weight) or "no slot"
-    return text + (f", mirror {route.mirror[1]}% to {route.mirror[0]}" if route.mirror else "")
-
-
-def _report_route_traffic(step: _Step, slots: dict) -> None:
-    """Gateway API: status.traffic is the weights of the route as watched, and only once every parent
-    has accepted that generation of it (Accepted and ResolvedRefs); until then nothing is claimed."""
-    route = step.observed.cluster_route
-    if route is not None and route.accepted:
-        traffic = {slot: int(route.weights.get(slot, 0)) for slot in SLOTS}
-        summary = ", ".join(f"{slot} {share}%" for slot, share in traffic.items() if share) or "no slot"
-        if route.mirror:
-            summary += f", mirror {route.mirror[1]}% to {route.mirror[0]}"
-        step.update(slots=slots, traffic=traffic, traffic_summary=summary)
-        step.condition("RouteAccepted", True, "Accepted", f"HTTPRoute {step.endpoint.name} generation "
-                       f"{route.generation} is accepted by every parent")
-        return
-    if route is None or route.not_accepted is None:
-        message = f"HTTPRoute {step.endpoint.name} is not there yet"
-    else:
-        message = (f"parent {', '.join(route.not_accepted)} has not accepted HTTPRoute {step.endpoint.name} "
-                   f"generation {route.generation}")
-    step.update(slots=slots, traffic={}, traffic_summary="route not accepted")
-    step.condition("RouteAccepted", False, "NotAccepted", message)
-
-
-def traffic_shares(selector: Mapping[str, str] | None, observed: Observed) -> dict[str, int]:
-    """Each slot's share of the endpoint's traffic, from the selector and the ready replicas behind it."""
-    if not selector:
-        return {slot: 0 for slot in SLOTS}
-    chosen = selector.get(LABEL_SLOT)
-    if chosen is not None:
-        return {slot: (100 if slot == chosen and observed.slot(slot).ready_replicas > 0 else 0) for slot in SLOTS}
-    ready = {slot: observed.slot(slot).ready_replicas for slot in SLOTS}
-    total = sum(ready.values())
-    if total == 0:
-        return {slot: 0 for slot in SLOTS}
-    blue, green = SLOTS
-    green_share = actual_weight(ready[blue], ready[green])
-    return {blue: 100 - green_share, green: green_share}
+    serving_conditions(step, step.status.active_slot or FIRST_SLOT)

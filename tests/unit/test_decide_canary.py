@@ -8,7 +8,8 @@ import pytest
 
 from slotkeeper.actions import CreateService, EmitEvent, ScaleDeployment, SwitchTraffic
 from slotkeeper.checks.verdicts import Verdict
-from slotkeeper.decide import Gates, traffic_shares
+from slotkeeper.decide import Gates
+from slotkeeper.status_report import traffic_shares
 from slotkeeper.observe import DeploymentSummary, Observed, SlotObservation, summarise_deployment
 from slotkeeper.render import LABEL_SLOT, slot_selector
 
