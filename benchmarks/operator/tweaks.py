@@ -171,8 +171,16 @@ def show_status_writes() -> None:
     slotkeeper.cluster.Cluster.patch_status = logged
 
 
+def no_gc() -> None:
+    """Not a change: the operator without the cyclic collector at all (gc.disable() at import), to
+    bound what the collector's pauses cost the create throughput. Memory grows without bound."""
+    import gc
+
+    gc.disable()  # nothing of the operator's enables it again (explicit collections still run)
+
+
 ALL = {f.__name__: f for f in (memory_dump, malloc_trim, quiet_logs, no_selectors, count_passes,
-                               show_status_writes)}  # in this order
+                               show_status_writes, no_gc)}  # in this order
 
 
 def apply(names: list[str]) -> None:

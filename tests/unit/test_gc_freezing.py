@@ -9,7 +9,7 @@ import weakref
 import pytest
 
 from slotkeeper import gc_freezing
-from slotkeeper.gc_freezing import MIN_CHANGE, SETTLE_SECONDS, Refreezer, keep_frozen
+from slotkeeper.gc_freezing import BURST_FREEZE_EVERY, MIN_CHANGE, SETTLE_SECONDS, Refreezer, keep_frozen
 
 
 def test_a_burst_is_frozen_once_it_has_held_still():
@@ -38,6 +38,41 @@ def test_mass_deletion_counts_too():
     refreezer = Refreezer(frozen_at_count=2000, last_count=2000, last_change=0.0)
     refreezer.due(1000, 5.0)
     assert refreezer.due(1000, 5.0 + SETTLE_SECONDS)
+
+
+def test_a_growing_burst_is_frozen_every_so_many_endpoints_and_the_refreeze_still_comes_after_it():
+    refreezer = Refreezer(frozen_at_count=0, last_count=0, last_change=0.0)
+    assert not refreezer.burst_due(BURST_FREEZE_EVERY - 1)
+    assert refreezer.burst_due(BURST_FREEZE_EVERY)
+    assert not refreezer.burst_due(2 * BURST_FREEZE_EVERY - 1)  # counted from that freeze
+    assert refreezer.burst_due(2 * BURST_FREEZE_EVERY)
+    assert not refreezer.burst_due(BURST_FREEZE_EVERY)  # endpoints deleted: nothing to freeze
+    # the burst's freezes do not count as the refreeze: once it settles, the collection comes
+    refreezer.due(2 * BURST_FREEZE_EVERY, 10.0)
+    assert refreezer.due(2 * BURST_FREEZE_EVERY, 10.0 + SETTLE_SECONDS)
+    refreezer.frozen(2 * BURST_FREEZE_EVERY)
+    assert not refreezer.burst_due(3 * BURST_FREEZE_EVERY - 1)  # counted from the refreeze again
+    assert refreezer.burst_due(3 * BURST_FREEZE_EVERY)
+
+
+def test_the_loop_freezes_during_a_burst_without_collecting(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gc_freezing, "refreeze", lambda: calls.append("refreeze") or 0.0)
+    monkeypatch.setattr(gc_freezing.gc, "freeze", lambda: calls.append("freeze"))
+    counts = iter([50, BURST_FREEZE_EVERY + 50, BURST_FREEZE_EVERY + 60, 2 * BURST_FREEZE_EVERY + 60])
+    refreezer = Refreezer(frozen_at_count=50, last_count=50, last_change=0.0)
+    clock = iter([1.0, 2.0, 3.0, 4.0]).__next__
+
+    async def scenario():
+        task = asyncio.create_task(keep_frozen(lambda: next(counts), refreezer, every=0, clock=clock))
+        while len(calls) < 2:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert calls == ["freeze", "freeze"]  # at +200 and at +400, never a collection while it grows
 
 
 def test_a_refreeze_frees_cycles_frozen_before_and_freezes_again():
