@@ -17,8 +17,8 @@ wait for the next refreeze.
 second) it freezes without collecting: the full collections a growing heap triggers then walk only
 what came since, not every endpoint created so far. Creating 1,000 endpoints at once, the
 collector's pauses took the operator 0.9-1.8 s of a 12 s burst, and the API waited meanwhile
-(benchmarks/operator/RESULTS.md, session 6). What is frozen that way and turns out to be cyclic
-garbage waits for the refreeze after the burst: the young collections still free most of it first.
+(benchmarks/operator/RESULTS.md, session 6). Cyclic garbage frozen that way (only what the collector
+had not reached yet) waits for the refreeze after the burst; settled RSS measured the same.
 """
 
 from __future__ import annotations

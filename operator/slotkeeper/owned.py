@@ -63,6 +63,7 @@ MISSING_KIND_RETRY_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 30.0
 
 Key = tuple[str, str]  # (namespace, endpoint name)
+_pause = asyncio.sleep  # the streams' waits (back-off, a kind not served): tests replace this one only
 
 
 def summarise_service(body: Mapping[str, Any]) -> tuple[str, dict, int | None]:
@@ -241,7 +242,7 @@ class OwnedWatches:
             waiting = "" if stream.listed.is_set() else "; endpoints wait for its first listing"
             log.warning("%s: %s (%d in a row); retrying with back-off%s", stream.where, problem,
                         stream.failures + 1, waiting)
-        await asyncio.sleep(min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** stream.failures))
+        await _pause(min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** stream.failures))
         stream.failures += 1
 
     async def _not_served(self, stream: _Stream) -> None:
@@ -253,7 +254,7 @@ class OwnedWatches:
         self._drop(stream, set(stream.uids))
         stream.version = None
         stream.listed.set()
-        await asyncio.sleep(MISSING_KIND_RETRY_SECONDS)
+        await _pause(MISSING_KIND_RETRY_SECONDS)
 
     async def _list(self, stream: _Stream) -> None:
         """This stream's part of the index replaced by a full listing; the watch goes on from its version."""

@@ -186,14 +186,12 @@ async def test_an_optional_kind_is_tried_again_and_its_objects_leave_when_it_goe
 
 async def test_errors_back_off_and_the_index_keeps_what_it_had(woken, monkeypatch):
     backoffs = []
-    real_sleep = asyncio.sleep
 
-    async def recorded_sleep(seconds):
-        if seconds:
-            backoffs.append(seconds)
-        await real_sleep(0)
+    async def recorded_pause(seconds):
+        backoffs.append(seconds)
+        await asyncio.sleep(0)
 
-    monkeypatch.setattr(owned.asyncio, "sleep", recorded_sleep)  # the module's: settle() records 0 s
+    monkeypatch.setattr(owned, "_pause", recorded_pause)
     api = ScriptedApi([listing(service("credit"))],
                       [ApiError(status=500, reason="Internal"), ApiError(status=503, reason="Unavailable"),
                        OSError("reset"), [{"type": "MODIFIED", "object": service("credit", selector={"slot": "x"})}]])
