@@ -94,13 +94,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.loops = EndpointLoops()
     # The objects endpoints own, listed and watched here rather than by kopf (owned.py says why), in
     # the namespaces kopf serves (memo.namespaces; none: all).
-    if getattr(memo, "owned", None) is None:  # a test may hand in its own
-        memo.owned = OwnedWatches(memo.cluster.api.for_streams(), memo.loops.wake,
-                                  getattr(memo, "namespaces", ()) or ())
-    memo.owned.start()
     if getattr(memo, "http", None) is None:  # for checks: scrapes, Prometheus, validation requests
         memo.http = aiohttp.ClientSession()
     await _start_metrics(memo)
+    if getattr(memo, "owned", None) is None:  # a test may hand in its own
+        memo.owned = OwnedWatches(memo.cluster.api.for_streams(), memo.loops.wake,
+                                  getattr(memo, "namespaces", ()) or (), report_listed=memo.metrics.set_watch_listed)
+    memo.owned.start()
     if getattr(memo, "gc_freeze", False):
         # Everything imported so far lives as long as the process: out of the collector's sight, a
         # full collection (a pause of the whole event loop) no longer walks it. slotkeeper run sets it.

@@ -183,11 +183,17 @@ class OperatorMetrics:
         self.leader = Gauge(
             "slotkeeper_leader", "1 while this instance is the leader (acts on endpoints), else 0.",
             registry=self.registry)
+        self.watch_listed = Gauge(
+            "slotkeeper_watch_listed", "1 once every watch of an owned kind has listed it (or found it not "
+            "served), else 0: endpoints make no first pass until all are 1.", ["resource"], registry=self.registry)
         self.registry.register(_EndpointCollector(self))
 
     # Leader election sets this; standalone, the operator leads from the start.
     def set_leader(self, is_leader: bool) -> None:
         self.leader.set(1 if is_leader else 0)
+
+    def set_watch_listed(self, resource: str, listed: bool) -> None:
+        self.watch_listed.labels(resource=resource).set(1 if listed else 0)
 
     def knows(self, key: Key) -> bool:
         """Whether this endpoint's status was observed already (its series exist)."""

@@ -168,8 +168,10 @@ class OwnedWatches:
     selector = OWNED_SELECTOR  # "": none sent (a benchmark's contrast); objects are still kept by their labels
 
     def __init__(self, api: KubeApi, wake: Callable[[str, str], None], namespaces: Iterable[str] = (),
-                 kinds: Iterable[OwnedKind] = OWNED_KINDS) -> None:
+                 kinds: Iterable[OwnedKind] = OWNED_KINDS,
+                 report_listed: Callable[[str, bool], None] | None = None) -> None:
         self.api, self.wake = api, wake
+        self.report_listed = report_listed  # (plural, all its streams listed): OperatorMetrics.set_watch_listed
         self.kinds = tuple(kinds)
         self.indexes = {kind.index: OwnedIndex() for kind in self.kinds}
         self._streams = [_Stream(kind, namespace, api_path(kind.group, kind.version, kind.plural, namespace))
@@ -183,6 +185,8 @@ class OwnedWatches:
         if self._tasks:  # kopf retries a start-up handler that failed after this: start once
             return
         loop = asyncio.get_running_loop()
+        for kind in self.kinds:
+            self._report(kind)
         self._tasks = [loop.create_task(self._follow(stream), name=f"slotkeeper:watch {stream.where}")
                        for stream in self._streams]
 
@@ -213,7 +217,7 @@ class OwnedWatches:
             try:
                 if stream.version is None:
                     await self._list(stream)
-                    stream.listed.set()
+                    self._set_listed(stream)
                 if await self._watch(stream):
                     stream.failures = 0
                 else:  # ended at once, with nothing: as client-go, a failure (no hot loop)
@@ -253,7 +257,7 @@ class OwnedWatches:
                      MISSING_KIND_RETRY_SECONDS)
         self._drop(stream, set(stream.uids))
         stream.version = None
-        stream.listed.set()
+        self._set_listed(stream)
         await _pause(MISSING_KIND_RETRY_SECONDS)
 
     async def _list(self, stream: _Stream) -> None:
@@ -312,6 +316,15 @@ class OwnedWatches:
             self._wake(self._put(stream, uid, body))
         else:
             log.warning("%s: a watch event of unknown type %r ignored", stream.where, kind_of_event)
+
+    def _set_listed(self, stream: _Stream) -> None:
+        if not stream.listed.is_set():
+            stream.listed.set()
+            self._report(stream.kind)
+
+    def _report(self, kind: OwnedKind) -> None:
+        if self.report_listed is not None:
+            self.report_listed(kind.plural, all(s.listed.is_set() for s in self._streams if s.kind is kind))
 
     def _selecting(self, params: dict[str, str]) -> dict[str, str]:
         return {**params, "labelSelector": self.selector} if self.selector else params

@@ -111,6 +111,11 @@ async def test_the_console_script_serves_metrics_on_the_bind_address(kmock, k8s,
         seen = await eventually_scraped(("127.0.0.1", port), lambda m: m.get(
             ("slotkeeper_endpoints", frozenset({"phase": "Healthy"}.items()))) == 1, "scraped from the process")
         assert seen[("slotkeeper_leader", frozenset())] == 1
+        # every owned kind listed (HTTPRoutes too: this double serves them), as the installed operator reports it
+        listed = {dict(labels)["resource"]: value for (name, labels), value in seen.items()
+                  if name == "slotkeeper_watch_listed"}
+        assert listed == dict.fromkeys(("deployments", "pods", "services", "horizontalpodautoscalers",
+                                        "poddisruptionbudgets", "httproutes", "jobs"), 1)
     finally:
         await stop_operator(process, log, tmp_path)
 

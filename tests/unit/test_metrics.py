@@ -239,6 +239,16 @@ def test_leader_gauge_follows_the_setter_and_instances_do_not_share_a_registry()
     assert value(first, "slotkeeper_leader") == 0
 
 
+def test_watch_listed_gauge_per_resource():
+    metrics = OperatorMetrics()
+    metrics.set_watch_listed("pods", False)
+    metrics.set_watch_listed("services", True)
+    assert value(metrics, "slotkeeper_watch_listed", resource="pods") == 0
+    assert value(metrics, "slotkeeper_watch_listed", resource="services") == 1
+    metrics.set_watch_listed("pods", True)
+    assert value(metrics, "slotkeeper_watch_listed", resource="pods") == 1
+
+
 def test_series_of_fifty_endpoints_that_came_and_went_are_gone():
     metrics = OperatorMetrics()
     keys = [("default", f"model-{index}") for index in range(50)]

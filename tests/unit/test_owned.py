@@ -65,6 +65,19 @@ class ScriptedApi:
         return [params.get("resourceVersion") for kind, _, params in self.sent if kind == "watch"]
 
 
+class GatedApi(ScriptedApi):
+    """Every list answered empty; those whose path contains ``held`` only once ``gate`` is set."""
+
+    def __init__(self, held, gate):
+        super().__init__([])
+        self.held, self.gate = held, gate
+
+    async def request(self, method, path, body=None, *, params=None, **_):
+        if self.held in path:
+            await self.gate.wait()
+        return listing()
+
+
 async def settle():
     for _ in range(30):
         await asyncio.sleep(0)
@@ -307,14 +320,7 @@ async def test_start_twice_starts_the_streams_once(woken):
 
 async def test_no_loop_decides_before_every_kind_is_listed(woken):
     gate = asyncio.Event()
-
-    class SlowApi(ScriptedApi):
-        async def request(self, method, path, body=None, *, params=None, **_):
-            if "pods" in path:
-                await gate.wait()
-            return listing()
-
-    watches = OwnedWatches(SlowApi([]), lambda *_: None, kinds=OWNED_KINDS)
+    watches = OwnedWatches(GatedApi("pods", gate), lambda *_: None, kinds=OWNED_KINDS)
     watches.start()
     waiting = asyncio.ensure_future(watches.wait_listed())
     await settle()
@@ -355,4 +361,18 @@ async def test_a_watch_that_worked_backs_off_from_the_start_when_it_breaks(woken
     watches.start()
     await settle()
     assert [failures for _, failures in backoffs] == [0, 1, 0, 1]  # the event in between reset the count
+    await watches.stop()
+
+
+async def test_each_kind_is_reported_listed_once_all_its_streams_have_listed(woken):
+    reported = []
+    gate = asyncio.Event()
+    watches = OwnedWatches(GatedApi("/ops/", gate), lambda *_: None, ("ml", "ops"), kinds=(SERVICES,),
+                           report_listed=lambda resource, listed: reported.append((resource, listed)))
+    watches.start()
+    await settle()
+    assert reported == [("services", False), ("services", False)]  # at the start; ml listed, ops not yet
+    gate.set()
+    await asyncio.wait_for(watches.wait_listed(), 1)
+    assert reported[-1] == ("services", True)
     await watches.stop()
