@@ -92,11 +92,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         log.info("checks reach slots and pods: %s", memo.slot_access.mode)
     if getattr(memo, "loops", None) is None:
         memo.loops = EndpointLoops()
-    # The objects endpoints own, listed and watched here rather than by kopf (owned.py says why), in
-    # the namespaces kopf serves (memo.namespaces; none: all).
     if getattr(memo, "http", None) is None:  # for checks: scrapes, Prometheus, validation requests
         memo.http = aiohttp.ClientSession()
     await _start_metrics(memo)
+    # The objects endpoints own, listed and watched here rather than by kopf (owned.py says why), in
+    # the namespaces kopf serves (memo.namespaces; none: all).
     if getattr(memo, "owned", None) is None:  # a test may hand in its own
         memo.owned = OwnedWatches(memo.cluster.api.for_streams(), memo.loops.wake,
                                   getattr(memo, "namespaces", ()) or (), report_listed=memo.metrics.set_watch_listed)
