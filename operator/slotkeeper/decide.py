@@ -43,8 +43,8 @@ from .render import (ANNOTATION_CONFIG, LABEL_SLOT, NO_SLOT, endpoint_url, rende
                      render_http_route, render_slot_autoscaler, render_slot_deployment, render_slot_disruption_budget,
                      render_slot_service, slot_selector)
 from .revision import revision_of
-from .status_report import kstatus_conditions, report_slots_and_traffic, route_summary, serving_conditions
 from .service_ports import grpc_port_writes
+from .status_report import kstatus_conditions, report_slots_and_traffic, route_summary, serving_conditions
 
 FIRST_SLOT = "blue"
 # While a rollout waits on the cluster, look again at least this often even without a watch event.

@@ -92,13 +92,9 @@ class KubeApi:
             session, connection = self._current()
             async with session.request(method, connection.server.rstrip("/") + path, data=data,
                                        params=params, headers={"Content-Type": content_type}) as response:
-                raw = await response.read()
-                if response.status == 401 and attempt == 1 and self._relogin is not None:
-                    await self._renew(connection)
+                if not await self._accepted(response, connection, attempt):
                     continue
-                if response.status >= 400:
-                    raise ApiError(status=response.status, reason=response.reason,
-                                   body=raw.decode("utf-8", errors="replace"))
+                raw = await response.read()
                 return orjson.loads(raw) if raw else None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -113,13 +109,8 @@ class KubeApi:
         for attempt in (1, 2):
             session, connection = self._current()
             async with session.get(connection.server.rstrip("/") + path, params=params, timeout=limits) as response:
-                if response.status == 401 and attempt == 1 and self._relogin is not None:
-                    await self._renew(connection)
+                if not await self._accepted(response, connection, attempt):
                     continue
-                if response.status >= 400:
-                    raw = await response.read()
-                    raise ApiError(status=response.status, reason=response.reason,
-                                   body=raw.decode("utf-8", errors="replace"))
                 buffer = bytearray()
                 while True:
                     async with asyncio.timeout(idle_timeout):
@@ -137,6 +128,18 @@ class KubeApi:
                         begin = end + 1
                         end = buffer.find(b"\n", begin)
                     del buffer[:begin]
+
+    async def _accepted(self, response: aiohttp.ClientResponse, connection: kopf.ConnectionInfo,
+                        attempt: int) -> bool:
+        """A success answer: True. The first 401 logs in again: False (send it once more). Any other
+        error answer raises :class:`ApiError`."""
+        if response.status == 401 and attempt == 1 and self._relogin is not None:
+            await self._renew(connection)
+            return False
+        if response.status >= 400:
+            raw = await response.read()
+            raise ApiError(status=response.status, reason=response.reason, body=raw.decode("utf-8", errors="replace"))
+        return True
 
     def for_streams(self) -> KubeApi:
         """A client on the same credentials with no limit of connections: each open watch holds one

@@ -57,16 +57,23 @@ def report_slots_and_traffic(step: Step) -> None:
         report_route_traffic(step, slots)
         return
     traffic = traffic_shares(observed.cluster_selector, observed)
-    summary = ", ".join(f"{slot} {share}%" for slot, share in traffic.items() if share) or None
-    step.update(slots=slots, traffic=traffic, traffic_summary=summary)
+    step.update(slots=slots, traffic=traffic, traffic_summary=_shares_text(traffic) or None)
 
 
 def route_summary(body: Mapping) -> str:
     """'blue 80%, green 20%' (+ ', mirror 20% to green') of a rendered route."""
     from .observe import summarise_route  # noqa: PLC0415 - observe imports render only
     route = summarise_route(body)
-    text = ", ".join(f"{slot} {weight}%" for slot, weight in route.weights.items() if weight) or "no slot"
-    return text + (f", mirror {route.mirror[1]}% to {route.mirror[0]}" if route.mirror else "")
+    return _route_text(route.weights, route.mirror)
+
+
+def _shares_text(shares: Mapping[str, int]) -> str:
+    """'blue 80%, green 20%': the slots with a share, "" if none has one."""
+    return ", ".join(f"{slot} {share}%" for slot, share in shares.items() if share)
+
+
+def _route_text(weights: Mapping[str, int], mirror: tuple[str, int] | None) -> str:
+    return (_shares_text(weights) or "no slot") + (f", mirror {mirror[1]}% to {mirror[0]}" if mirror else "")
 
 
 def report_route_traffic(step: Step, slots: dict) -> None:
@@ -75,10 +82,7 @@ def report_route_traffic(step: Step, slots: dict) -> None:
     route = step.observed.cluster_route
     if route is not None and route.accepted:
         traffic = {slot: int(route.weights.get(slot, 0)) for slot in SLOTS}
-        summary = ", ".join(f"{slot} {share}%" for slot, share in traffic.items() if share) or "no slot"
-        if route.mirror:
-            summary += f", mirror {route.mirror[1]}% to {route.mirror[0]}"
-        step.update(slots=slots, traffic=traffic, traffic_summary=summary)
+        step.update(slots=slots, traffic=traffic, traffic_summary=_route_text(traffic, route.mirror))
         step.condition("RouteAccepted", True, "Accepted", f"HTTPRoute {step.endpoint.name} generation "
                        f"{route.generation} is accepted by every parent")
         return
