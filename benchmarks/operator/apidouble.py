@@ -15,6 +15,12 @@ replays from a resourceVersion), with
   or not) matched, instead of checking every reaction in priority order again (the harness's
   reactions for resources match on method and action; check_double.py compares the answers with
   the harness's);
+* more of them since 2026-12-02 (12 % of the double's CPU per endpoint, RESULTS.md "Session 7"):
+  stored objects and watch events share what was written instead of copying it three times
+  (BenchEmulator._snapshot); request bodies parsed by orjson (the standard library's parser for
+  what orjson refuses); KMock's inspect.signature of its callables, the harness's kmock.resource of
+  each URL and its timestamps (formatted once a second) cached; managedFields' list-item keys
+  written by orjson where its text is json.dumps's (check_double.py compares these helpers too);
 * counts of the operator's requests by verb and resource, of the TCP connections it opened, of
   the objects listed and watch events sent to it, and the label selectors its lists and watches
   asked for (the benchmark's own requests carry KMock's User-Agent and are not counted);
@@ -31,6 +37,8 @@ import collections
 import contextlib
 import contextvars
 import functools
+import inspect
+import json
 import sys
 import time
 import types
@@ -98,6 +106,84 @@ _kmock_rendering.aiohttp = types.SimpleNamespace(web=types.SimpleNamespace(
     **{name: getattr(aiohttp.web, name) for name in dir(aiohttp.web) if not name.startswith("__")},
 ))
 _kmock_rendering.aiohttp.web.json_response = functools.partial(aiohttp.web.json_response, dumps=_orjson_dumps)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature(payload: Callable) -> inspect.Signature:
+    return inspect.signature(payload)
+
+
+def _cached_signature(payload: Callable) -> inspect.Signature:
+    try:
+        return _signature(payload)
+    except TypeError:  # unhashable
+        return inspect.signature(payload)
+
+
+# KMock's rendering asks inspect.signature of the same few callables on every request (3 % of the
+# double's CPU); their signatures never change.
+_kmock_rendering.inspect = types.SimpleNamespace(
+    **{name: getattr(inspect, name) for name in dir(inspect) if not name.startswith("__")},
+)
+_kmock_rendering.inspect.signature = _cached_signature
+
+
+async def _request_json(self: aiohttp.web.BaseRequest, *, loads: Callable = json.loads) -> Any:
+    """aiohttp's BaseRequest.json through orjson; what orjson refuses (NaN, huge integers, lone
+    surrogates) goes to the standard library's parser, so every body decodes as it did, or fails as
+    it did."""
+    body = await self.read()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return loads(await self.text())
+
+
+aiohttp.web.BaseRequest.json = _request_json  # the double's process only: the server's request bodies
+
+
+class _Clock:
+    """The harness's _now (its timestamps, whole seconds): formatted once per second, not per call."""
+
+    def __init__(self) -> None:
+        self.second, self.text = -1, ""
+
+    def __call__(self) -> str:
+        second = int(time.time())
+        if second != self.second:
+            self.second = second
+            self.text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        return self.text
+
+
+kmock_cluster._now = _Clock()
+
+
+@functools.lru_cache(maxsize=256)
+def _resource(*, group: str, version: str, plural: str) -> kmock.resource:
+    return kmock.resource(group=group, version=version, plural=plural)
+
+
+# The harness makes the kmock.resource of each request's URL (about 30 us each: isinstance checks
+# against typing Protocols); resources are immutable, so one per URL's group, version and plural.
+kmock_cluster._kmock_references = types.SimpleNamespace(resource=_resource)
+
+# structured-merge-diff's keys of list items in managedFields (the harness's _smd_json: json.dumps,
+# sorted keys, no spaces, no ASCII escapes). A key of strings, integers, booleans and nulls is written
+# by orjson in the same text (checked for every code point); anything else (floats, nesting) by one
+# encoder with json.dumps's arguments (json.dumps with arguments builds a new encoder on every call).
+_SMD_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_SMD_PLAIN = frozenset((str, int, bool, type(None)))
+
+
+def _smd_json(value: Any) -> str:
+    if all(type(leaf) in _SMD_PLAIN for leaf in (value.values() if type(value) is dict else (value,))):
+        with contextlib.suppress(TypeError):  # (integers beyond 64 bits)
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return _SMD_ENCODER.encode(value)
+
+
+kmock_cluster._smd_json = _smd_json
 
 
 async def _routed(self: Any, request: kmock.Request) -> Any:
@@ -193,6 +279,10 @@ class BenchEmulator(ClusterEmulator):
     _transports: weakref.WeakSet = attrs.field(factory=weakref.WeakSet, init=False)
     _routes: dict = attrs.field(factory=dict, init=False)  # request shape -> its reaction (_routed)
     _unready: asyncio.Queue = attrs.field(factory=asyncio.Queue, init=False)
+    # Stored objects and events share what was written instead of copying it: every write in the
+    # harness builds a new object from a copy of the stored one (never changing a stored object in
+    # place), the answers and watch lines are only rendered, and the benchmark reads what it needs.
+    _snapshot = staticmethod(lambda value: value)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -297,3 +387,4 @@ async def start(namespaces: tuple[str, ...] = ()) -> tuple[BenchEmulator, kmock.
     for namespace in namespaces:
         await kube.create_namespace(namespace)
     return emulator, server, stack
+

@@ -17,11 +17,13 @@ unordered_discovery).
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +148,30 @@ async def answers(cls: type) -> list[Any]:
         return json.loads(json.dumps(await script(emulator, str(server.url).rstrip("/"))))
 
 
+# managedFields' keys of list items as the harness writes them (json.dumps) and the double (orjson, or
+# json's encoder for what orjson would write differently): escapes, key order, floats, nesting, big ints
+SMD_KEYS = [{"containerPort": 8080, "protocol": "TCP"}, {"name": "http"}, "x", 7, True, None,
+            {"\u00e9": "\u00fc\u2028", "a": None, "b": False, "\x01": "\t\n"},
+            {"a": 1.5}, {"a": 1e-05}, 2.0, {"a": {"b": 1}}, [1, "x"], {"big": 2 ** 70}]
+
+
+def helpers_differ() -> list[str]:
+    """The double's replacements of harness helpers, called directly: what each gives differently."""
+    differ = [f"_smd_json({key!r})" for key in SMD_KEYS
+              if apidouble._smd_json(key) != json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)]
+    stamp, now = apidouble._Clock()(), time.time()
+    if not (TIME.fullmatch(stamp) and abs(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")) - now) <= 1):
+        differ.append(f"_now() {stamp!r} at {now}")
+    return differ
+
+
 async def main() -> int:
     if HARNESS:
         print(json.dumps(await answers(kmock_cluster.ClusterEmulator)))
         return 0
+    if differ := helpers_differ():
+        print("DIFFERENT helpers: " + ", ".join(differ))
+        return 1
     harness = json.loads(subprocess.run([sys.executable, __file__, "--harness"], check=True,
                                         capture_output=True, text=True).stdout)
     bench = await answers(apidouble.BenchEmulator)

@@ -254,6 +254,19 @@ async def quiet_operator(operator: Operator, limit: float = 0.02, longest: float
     return round(time.monotonic() - started, 1)
 
 
+def host_loop_ms(iterations: int = 1_000_000, repeat: int = 5) -> float:
+    """The fastest of `repeat` runs of a fixed pure-Python loop on this process's CPU, in ms: how fast
+    this host runs Python at the time. Hosts here differ by up to 3x from one day to the next; the
+    endpoints/s of runs on different hosts compare only through it (and through CPU per endpoint)."""
+    best = float("inf")
+    for _ in range(repeat):
+        started, total = time.perf_counter(), 0
+        for i in range(iterations):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 def loadavg() -> list[float]:
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
@@ -414,6 +427,7 @@ async def measure(n: int, config: Config, args: argparse.Namespace, full: bool, 
                 await kube.create_endpoint(endpoint, spec, namespace=NAMESPACE)
 
         waited = await quiet_machine(operator)
+        result["host_loop_ms"] = host_loop_ms()
         double.reset_counts()
         before = (operator.cpu(), cpu_seconds(), busy_cpu_seconds())
         started = time.monotonic()
@@ -519,11 +533,11 @@ def summary_rows(runs: list[dict]) -> list[str]:
     rows = [("| N | operator | endpoints/s | create p50/p95 s | operator CPU s | requests/endpoint (TCP connections) "
              "| RSS empty MiB | RSS settled MiB | KiB/endpoint | idle requests (writes) | verdict->revert p50/p95 ms "
              "| fault->revert, 10 s interval, p50/p95/max s | operator's longest full-GC pause ms "
-             "| others' CPU s during create | load before → after |"),
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| others' CPU s during create | load before → after | host loop ms |"),
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for run in runs:
         if "create" not in run:
-            rows.append(f"| {run['endpoints']} | {label(run)} | failed: {run.get('error', '?')} |" + " |" * 12)
+            rows.append(f"| {run['endpoints']} | {label(run)} | failed: {run.get('error', '?')} |" + " |" * 13)
             continue
         create, rss, idle = run["create"], run["rss_mib"], run.get("idle")
         rev = run.get("revert", {}).get("verdict_to_selector", {})
@@ -540,6 +554,7 @@ def summary_rows(runs: list[dict]) -> list[str]:
             f"{create.get('others_cpu_s', '-')}",
             f"{' '.join(map(str, run.get('load_average_before', [])))} → "
             f"{' '.join(map(str, run.get('load_average_after', []))) or '-'}",
+            f"{run.get('host_loop_ms', '-')}",
         ]) + " |")
     return rows
 

@@ -49,7 +49,7 @@ import uuid
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp.web
 import attrs
@@ -2259,6 +2259,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                                           init=False)
     _next_node_port: Iterator[int] = attrs.field(factory=lambda: itertools.count(30000), init=False)
     _previous: Mapping[str, Any] | None = attrs.field(default=None, init=False)
+    # What is stored and what events carry is a copy of the object written: nothing a caller (a test)
+    # does to what it passed or got changes what is stored. The benchmark's double, whose writers never
+    # change an object once stored, shares them instead (benchmarks/operator/apidouble.py).
+    _snapshot: ClassVar[Callable[[Any], Any]] = staticmethod(_json_copy)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -2377,11 +2381,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def _put(self, key: tuple[kmock.resource, str | None, str], raw: dict[str, Any]) -> None:
         obj = self._objects._objects.get(key)
         if obj is None:
-            self._objects[key] = _json_copy(raw)
+            self._objects[key] = self._snapshot(raw)
         elif obj.deleted:
-            obj.create(_json_copy(raw))
+            obj.create(self._snapshot(raw))
         else:
-            obj.history.append(_json_copy(raw))
+            obj.history.append(self._snapshot(raw))
 
     async def _notify(self, resource: kmock.resource, type_: str, raw: Mapping[str, Any],
                       old: Mapping[str, Any] | None) -> None:
@@ -2393,9 +2397,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         # Must be called under self._lock -- for the watch-streams' snapshot consistency.
         # (Subclasses may extend it with this signature; the previous state comes via _notify.)
         old, self._previous = self._previous, None
-        event = {'type': type_, 'object': _json_copy(dict(raw))}
+        event = {'type': type_, 'object': self._snapshot(dict(raw))}
         rv = int(event['object'].get('metadata', {}).get('resourceVersion') or 0)
-        previous = _json_copy(dict(old)) if old is not None else None
+        previous = self._snapshot(dict(old)) if old is not None else None
         self._event_log[resource].append((rv, event, previous))
         await self._buses[resource].put((event, previous))  # private (kmock): the per-resource watch bus
 
@@ -3418,7 +3422,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     except TimeoutError:
                         break
                 if (shown := seen(event, old)) is not None:
-                    yield _json_copy(shown)
+                    yield self._snapshot(shown)
         finally:
             self._watchers[resource, request.namespace] -= 1
             with contextlib.suppress(Exception):
