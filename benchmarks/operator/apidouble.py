@@ -15,12 +15,13 @@ replays from a resourceVersion), with
   or not) matched, instead of checking every reaction in priority order again (the harness's
   reactions for resources match on method and action; check_double.py compares the answers with
   the harness's);
-* more of them since 2026-12-02 (12 % of the double's CPU per endpoint, RESULTS.md "Session 7"):
+* more of them since 2026-12-02 (24 % of the double's CPU per endpoint, RESULTS.md "Session 7"):
   stored objects and watch events share what was written instead of copying it three times
   (BenchEmulator._snapshot); request bodies parsed by orjson (the standard library's parser for
   what orjson refuses); KMock's inspect.signature of its callables, the harness's kmock.resource of
-  each URL and its timestamps (formatted once a second) cached; managedFields' list-item keys
-  written by orjson where its text is json.dumps's (check_double.py compares these helpers too);
+  each URL, its timestamps (formatted once a second) and managedFields' fieldsV1 of a set of paths
+  cached; managedFields' list-item keys written by orjson where its text is json.dumps's
+  (check_double.py compares these helpers too);
 * counts of the operator's requests by verb and resource, of the TCP connections it opened, of
   the objects listed and watch events sent to it, and the label selectors its lists and watches
   asked for (the benchmark's own requests carry KMock's User-Agent and are not counted);
@@ -184,6 +185,18 @@ def _smd_json(value: Any) -> str:
 
 
 kmock_cluster._smd_json = _smd_json
+
+_to_fields_v1 = functools.lru_cache(maxsize=4096)(kmock_cluster.to_fields_v1)
+
+
+def _fields_v1(paths: Any) -> dict[str, Any]:
+    """managedFields' fieldsV1 of a set of field paths, remembered by the set: every endpoint's objects
+    of one kind own the same paths (names of keys, not values). One dict shared by many objects, as
+    everything the double stores is (BenchEmulator._snapshot)."""
+    return _to_fields_v1(frozenset(paths))
+
+
+kmock_cluster.to_fields_v1 = _fields_v1
 
 
 async def _routed(self: Any, request: kmock.Request) -> Any:
