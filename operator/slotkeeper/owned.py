@@ -25,8 +25,10 @@ What kopf gave and this keeps:
   (spread, as client-go does).
 * **Kinds the cluster may not serve.** HTTPRoutes exist only with the Gateway API CRDs: a 404 is
   logged, counts as listed (empty) and is tried again every MISSING_KIND_RETRY_SECONDS, so CRDs
-  installed later are picked up (and routes of CRDs removed leave the index). A 404 for any other
-  kind is an error like the rest.
+  installed later are picked up. Routes already indexed leave only when a second 404 comes
+  NOT_SERVED_CONFIRM_SECONDS later (the CRDs removed): an apiserver that has just restarted answers
+  404 for custom resources until it has read their CRDs, and emptying the index then would have every
+  routed endpoint see its route gone. A 404 for any other kind is an error like the rest.
 * **Errors** (the apiserver unreachable, 5xx, 403, a watch that ends at once with nothing, 410
   again right after a listing) back off exponentially up to MAX_BACKOFF_SECONDS, logged at the
   first and every 10th in a row; the index keeps what it had meanwhile (the loops' decisions stay on
@@ -60,6 +62,7 @@ OWNED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ENDPOINT}"
 WATCH_TIMEOUT_SECONDS = 10 * 60  # the apiserver ends each watch after 5-10 min of this; opened again at once
 WATCH_IDLE_SECONDS = 90.0  # no byte for this long (bookmarks come about every minute): reopen
 MISSING_KIND_RETRY_SECONDS = 60.0
+NOT_SERVED_CONFIRM_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 30.0
 
 Key = tuple[str, str]  # (namespace, endpoint name)
@@ -153,6 +156,7 @@ class _Stream:
     uids: set[str] = field(default_factory=set)  # its objects (another namespace's stream has its own)
     version: str | None = None  # the last resourceVersion seen; None: list (again) first
     failures: int = 0  # in a row, for the back-off
+    unserved: bool = False  # a 404 came while it had objects: they leave if the next attempt gets one too
 
     @property
     def where(self) -> str:
@@ -217,6 +221,7 @@ class OwnedWatches:
             try:
                 if stream.version is None:
                     await self._list(stream)
+                    stream.unserved = False
                     self._set_listed(stream)
                 if await self._watch(stream):
                     stream.failures = 0
@@ -251,12 +256,20 @@ class OwnedWatches:
 
     async def _not_served(self, stream: _Stream) -> None:
         """An optional kind the cluster does not serve (its CRD missing, or deleted): empty until it
-        is served again; listed, so no endpoint waits for it."""
+        is served again; listed, so no endpoint waits for it. Objects it had stay until a second 404
+        confirms it (an apiserver just restarted serves no custom resource until it has read the CRDs)."""
+        stream.version = None
+        if stream.uids and not stream.unserved:
+            stream.unserved = True
+            log.info("%s: 404 (its CRD removed, or an apiserver still starting); the %d indexed stay "
+                     "unless it persists in %.0f s", stream.where, len(stream.uids), NOT_SERVED_CONFIRM_SECONDS)
+            await _pause(NOT_SERVED_CONFIRM_SECONDS)
+            return
+        stream.unserved = False
         if not stream.listed.is_set() or stream.uids:
             log.info("%s: not served by this cluster; looking again every %.0f s", stream.where,
                      MISSING_KIND_RETRY_SECONDS)
         self._drop(stream, set(stream.uids))
-        stream.version = None
         self._set_listed(stream)
         await _pause(MISSING_KIND_RETRY_SECONDS)
 

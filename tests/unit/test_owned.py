@@ -184,8 +184,9 @@ async def test_a_kind_the_cluster_does_not_serve_counts_as_listed(woken):
 
 async def test_an_optional_kind_is_tried_again_and_its_objects_leave_when_it_goes(woken, monkeypatch):
     monkeypatch.setattr(owned, "MISSING_KIND_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(owned, "NOT_SERVED_CONFIRM_SECONDS", 0.01)
     api = ScriptedApi([ApiError(status=404, reason="Not Found"), listing(route()),
-                       ApiError(status=404, reason="Not Found"), listing()],
+                       ApiError(status=404, reason="Not Found"), listing()],  # the second 404 confirms it
                       [ApiError(status=404, reason="Not Found")])  # the CRDs removed while watching
     watches = await started(api, woken, kinds=(ROUTES,))
     for _ in range(100):
@@ -194,6 +195,27 @@ async def test_an_optional_kind_is_tried_again_and_its_objects_leave_when_it_goe
         await asyncio.sleep(0.01)
     assert woken == [("ml", "credit"), ("ml", "credit")]  # the CRDs came: the route seen; then gone
     assert len(watches["endpoint_routes"]) == 0
+    await watches.stop()
+
+
+async def test_one_404_for_an_optional_kind_with_objects_keeps_them(woken, monkeypatch):
+    """An apiserver that has just restarted answers 404 for custom resources until it has read their
+    CRDs: the routes stay indexed (no endpoint sees its route gone) if the next listing finds them."""
+    waits = []
+
+    async def pause(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(owned, "_pause", pause)
+    api = ScriptedApi([listing(route()), listing(route(), version="30")],
+                      [ApiError(status=404, reason="Not Found")])
+    watches = await started(api, woken, kinds=(ROUTES,))
+    await settle()
+    assert len(watches["endpoint_routes"]) == 1
+    assert woken == [("ml", "credit")]  # the first listing only: nothing left and came back
+    assert waits == [owned.NOT_SERVED_CONFIRM_SECONDS]
+    assert [kind for kind, _, _ in api.sent] == ["list", "watch", "list", "watch"]
+    assert api.sent[-1][2]["resourceVersion"] == "30"
     await watches.stop()
 
 
