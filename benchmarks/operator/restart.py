@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from pathlib import Path
 
 import run
 from run import NAMESPACE, NEW_MODEL, SPEC, Config, Kube, Operator, apidouble, settle, wait_for

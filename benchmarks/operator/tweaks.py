@@ -8,10 +8,7 @@ BENCH_OFFICIAL_CLIENT / BENCH_NO_GC_FREEZE to measure without them).
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import types
 from typing import Any
 
 

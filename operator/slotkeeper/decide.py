@@ -478,7 +478,7 @@ def _hold(step: _Step) -> None:
 
 def _first_rollout(step: _Step, revision: str) -> None:
     """No revision has ever been good: deploy into blue; the endpoint selects it once it is ready."""
-    status, spec = step.status, step.spec
+    status = step.status
     if _blocked(step, revision):
         step.want_selector(NO_SLOT)
         return
@@ -519,7 +519,7 @@ def _first_rollout(step: _Step, revision: str) -> None:
 
 def _steady(step: _Step, revision: str) -> None:
     """The spec asks for the stable revision: keep it serving; cancel any candidate."""
-    status, spec = step.status, step.spec
+    status = step.status
     active = status.active_slot or FIRST_SLOT
     idle = other_slot(active)
     if status.rollout is not None:  # the spec went back to the stable revision mid-rollout

@@ -29,7 +29,7 @@ retried until the spec changes (phase RolledBack, as after any revert: the spec 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .actions import CreateJob, DeleteAutoscaler, ScaleDeployment

@@ -135,6 +135,7 @@ async def test_every_request_of_a_batch_schedule_and_its_runs_is_allowed_by_the_
 
     made = operator_requests(kmock)
     assert {("batch", "cronjobs", "patch"), ("batch", "cronjobs", "delete"), ("batch", "jobs", "watch")} <= made
+    assert made - grants(role) == set(), f"{role.name} does not allow: {sorted(made - grants(role))}"
 
 
 async def test_every_lease_request_of_an_election_is_allowed_by_the_leader_election_role(kmock):

@@ -4,8 +4,6 @@ and Events a promotion or a revert leaves behind."""
 
 from __future__ import annotations
 
-import pytest
-
 from slotkeeper.actions import EmitEvent, ScaleDeployment, SwitchTraffic
 from slotkeeper.checks.verdicts import Verdict
 from slotkeeper.decide import Gates

@@ -7,7 +7,7 @@ from __future__ import annotations
 from slotkeeper.actions import EmitEvent
 from slotkeeper.api import HistoryEntry
 
-from .world import T0, World, make_spec
+from .world import World, make_spec
 
 FIRST_URI = "file:///models/credit/1/model.joblib"
 NEW_URI = "file:///models/credit/2/model.joblib"

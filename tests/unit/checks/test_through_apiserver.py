@@ -7,7 +7,6 @@ check that is not due does not keep the ones after it from running."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from aiohttp import web
