@@ -57,6 +57,7 @@ import jsonpatch
 import kmock
 import kopf
 import kubernetes.client
+import orjson
 import yaml
 from kmock._internal import apps as _kmock_apps  # private: RawHandler._handle (skip the parent's store logic)
 from kmock._internal import parsing as _kmock_parsing  # private: the URL parser (namespaces need their own)
@@ -1307,6 +1308,16 @@ def _item_pe(item: Any, node: TypeNode) -> str:
     return 'k:' + _smd_json(key)
 
 
+def _same_json(lhs: dict[str, Any], rhs: dict[str, Any]) -> bool:
+    """The same JSON, types included (``==`` alone takes 1, 1.0 and true for one another)."""
+    if lhs != rhs:
+        return False
+    try:
+        return orjson.dumps(lhs) == orjson.dumps(rhs)
+    except TypeError:  # not JSON (e.g. integers beyond 64 bits): compared field by field
+        return False
+
+
 def compare_fields(old: Any, new: Any, node: TypeNode, path: FieldPath = (),
                    out: tuple[set[FieldPath], set[FieldPath], set[FieldPath]] | None = None,
                    ) -> tuple[set[FieldPath], set[FieldPath], set[FieldPath]]:
@@ -1335,6 +1346,8 @@ def compare_fields(old: Any, new: Any, node: TypeNode, path: FieldPath = (),
         rhs = new if isinstance(new, dict) else {}
         if not lhs and not rhs:
             leaf()
+            return out
+        if _same_json(lhs, rhs):  # nothing below changed (a status patch leaves metadata and spec as they were)
             return out
         for key in dict.fromkeys([*lhs, *rhs]):
             child, _ = _child_type(node, key)
