@@ -15,7 +15,8 @@ replays from a resourceVersion), with
   or not) matched, instead of checking every reaction in priority order again (the harness's
   reactions for resources match on method and action; check_double.py compares the answers with
   the harness's);
-* more of them since 2026-12-02 (24 % of the double's CPU per endpoint, RESULTS.md "Session 7"):
+* more of them since 2026-12-02 (with the harness's own compare_fields shortcut, about 30 % of the
+  double's CPU per endpoint; RESULTS.md "Session 7"):
   stored objects and watch events share what was written instead of copying it three times
   (BenchEmulator._snapshot); request bodies parsed by orjson (the standard library's parser for
   what orjson refuses); KMock's inspect.signature of its callables, the harness's kmock.resource of
@@ -400,4 +401,3 @@ async def start(namespaces: tuple[str, ...] = ()) -> tuple[BenchEmulator, kmock.
     for namespace in namespaces:
         await kube.create_namespace(namespace)
     return emulator, server, stack
-
