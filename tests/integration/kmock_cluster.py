@@ -738,9 +738,12 @@ def go_normalize(value: Any, node: TypeNode) -> Any:
     values/omitempty applied, maps with sorted keys, quantities canonical. Undescribed fields: as sent."""
     if node.kind == 'struct' and isinstance(value, dict):
         out: dict[str, Any] = {}
-        for name, (ftype, presence) in node.fields.items():
-            item = value.get(name, ABSENT)
-            if item is ABSENT or item is None:
+        fields, get = node.fields, value.get
+        for name, (ftype, presence) in fields.items():
+            item = get(name)  # absent and null alike
+            if item is None:
+                if presence == 'omit' or presence == 'ptr':  # most declared fields: absent and omitted
+                    continue
                 if presence == 'struct':
                     out[name] = go_normalize({}, ftype)
                 elif presence == 'null':
@@ -748,12 +751,13 @@ def go_normalize(value: Any, node: TypeNode) -> Any:
                 elif presence == 'zero':
                     out[name] = _zero_scalar(ftype)
                 continue
-            item = go_normalize(item, ftype)
+            if ftype.kind != 'any' and (ftype.kind != 'scalar' or ftype.scalar == 'quantity'):  # (others: as they are)
+                item = go_normalize(item, ftype)
             if presence == 'omit' and _is_zero(item):
                 continue
             out[name] = item
         for name, item in value.items():
-            if name not in node.fields:
+            if name not in fields:
                 out[name] = item
         return out
     if node.kind == 'map' and isinstance(value, dict):
