@@ -179,9 +179,11 @@ _SMD_PLAIN = frozenset((str, int, bool, type(None)))
 
 
 def _smd_json(value: Any) -> str:
-    if all(type(leaf) in _SMD_PLAIN for leaf in (value.values() if type(value) is dict else (value,))):
-        with contextlib.suppress(TypeError):  # (integers beyond 64 bits)
+    if _SMD_PLAIN.issuperset(map(type, value.values())) if type(value) is dict else type(value) in _SMD_PLAIN:
+        try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError:  # integers beyond 64 bits
+            pass
     return _SMD_ENCODER.encode(value)
 
 
