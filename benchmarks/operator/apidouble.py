@@ -193,9 +193,11 @@ _to_fields_v1 = functools.lru_cache(maxsize=4096)(kmock_cluster.to_fields_v1)
 
 
 def _fields_v1(paths: Any) -> dict[str, Any]:
-    """managedFields' fieldsV1 of a set of field paths, remembered by the set: every endpoint's objects
-    of one kind own the same paths (names of keys, not values). One dict shared by many objects, as
-    everything the double stores is (BenchEmulator._snapshot)."""
+    """managedFields' fieldsV1 of a set of field paths, remembered by the set: many entries own the
+    same paths (paths name keys, not values: every endpoint's status writes, every Deployment status
+    the benchmark's controller writes); an object's own entry, with its ownerReferences keyed by the
+    owner's uid, is new each time. One dict shared by many objects, as everything the double stores
+    is (BenchEmulator._snapshot)."""
     return _to_fields_v1(frozenset(paths))
 
 
