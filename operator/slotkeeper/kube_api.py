@@ -22,6 +22,8 @@ code, the reason and the body (the apiserver's Status), as ``kubernetes.client.A
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import importlib.metadata
 from typing import Any, AsyncIterator, Callable, Mapping
 
@@ -71,7 +73,8 @@ class KubeApi:
         self.max_connections = max_connections
         self._relogin = relogin
         self._session: aiohttp.ClientSession | None = None
-        self._retired: list[aiohttp.ClientSession] = []  # sessions of credentials renewed since
+        self._retired: set[aiohttp.ClientSession] = set()  # of credentials renewed since, still in use
+        self._in_use: collections.Counter[aiohttp.ClientSession] = collections.Counter()  # requests, watches
         self._renewing = asyncio.Lock()
 
     def _new_session(self) -> aiohttp.ClientSession:
@@ -89,9 +92,9 @@ class KubeApi:
         """The parsed JSON answer (None when empty); an error answer raises :class:`ApiError`."""
         data = orjson.dumps(body) if body is not None else None
         for attempt in (1, 2):
-            session, connection = self._current()
-            async with session.request(method, connection.server.rstrip("/") + path, data=data,
-                                       params=params, headers={"Content-Type": content_type}) as response:
+            async with self._using() as (session, connection), session.request(
+                    method, connection.server.rstrip("/") + path, data=data, params=params,
+                    headers={"Content-Type": content_type}) as response:
                 if not await self._accepted(response, connection, attempt):
                     continue
                 raw = await response.read()
@@ -107,8 +110,8 @@ class KubeApi:
         connect, _ = self.request_timeout
         limits = aiohttp.ClientTimeout(total=timeout, sock_connect=connect, sock_read=None)
         for attempt in (1, 2):
-            session, connection = self._current()
-            async with session.get(connection.server.rstrip("/") + path, params=params, timeout=limits) as response:
+            async with self._using() as (session, connection), session.get(
+                    connection.server.rstrip("/") + path, params=params, timeout=limits) as response:
                 if not await self._accepted(response, connection, attempt):
                     continue
                 buffer = bytearray()
@@ -122,7 +125,7 @@ class KubeApi:
                     end = buffer.find(b"\n", start)
                     begin = 0
                     while end >= 0:
-                        line = bytes(buffer[begin:end])
+                        line = buffer[begin:end]  # (a copy: orjson takes a bytearray as it is)
                         if line.strip():
                             yield orjson.loads(line)
                         begin = end + 1
@@ -147,25 +150,38 @@ class KubeApi:
         return KubeApi(self.connection, request_timeout=self.request_timeout, max_connections=0,
                        relogin=self._relogin)
 
-    def _current(self) -> tuple[aiohttp.ClientSession, kopf.ConnectionInfo]:
+    @contextlib.asynccontextmanager
+    async def _using(self) -> AsyncIterator[tuple[aiohttp.ClientSession, kopf.ConnectionInfo]]:
+        """The current session and its credentials for one request or watch. A session retired by a
+        new login is closed once the last request or watch on it has ended."""
         if self._session is None:
             self._session = self._new_session()
-        return self._session, self.connection
+        session = self._session
+        self._in_use[session] += 1
+        try:
+            yield session, self.connection
+        finally:
+            self._in_use[session] -= 1
+            if not self._in_use[session]:
+                del self._in_use[session]
+                if session in self._retired:
+                    self._retired.discard(session)
+                    await session.close()
 
     async def _renew(self, failed: kopf.ConnectionInfo) -> None:
         """Log in again, once for all the requests that got a 401 on the credentials ``failed``. The
-        old session is retired, not closed: watches still open on it go on until they end."""
+        old session is retired, not closed: watches still open on it go on, and it closes after them."""
         assert self._relogin is not None
         async with self._renewing:
             if self.connection is not failed:
                 return  # another request renewed them meanwhile
             self.connection = await asyncio.to_thread(self._relogin)
             if self._session is not None:
-                self._retired.append(self._session)
+                self._retired.add(self._session)  # (closed by _using once nothing uses it)
             self._session = None
 
     async def close(self) -> None:
-        sessions, self._session, self._retired = [self._session, *self._retired], None, []
+        sessions, self._session, self._retired = [self._session, *self._retired], None, set()
         for session in sessions:
             if session is not None:
                 await session.close()

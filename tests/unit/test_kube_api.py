@@ -238,6 +238,42 @@ async def test_requests_that_get_401_together_log_in_once_and_open_watches_go_on
     assert answers == [{"kind": "Thing"}] * 3 and len(logins) == 1
 
 
+async def test_a_watch_open_on_old_credentials_goes_on_and_its_session_closes_when_it_ends():
+    """A login renewed by a request's 401 retires the old session without closing it (the watch on
+    it goes on); once that watch ends, nothing uses the old session and it is closed."""
+    go_on = asyncio.Event()
+
+    async def handle(request):
+        old = request.headers.get("Authorization") == "Bearer old"
+        if request.query.get("watch") != "true":
+            return aiohttp.web.json_response({"kind": "Status", "code": 401} if old else {"kind": "Thing"},
+                                             status=401 if old else 200)
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b'{"type": "ADDED", "n": 1}\n')
+        await go_on.wait()
+        await response.write(b'{"type": "ADDED", "n": 2}\n')
+        return response
+
+    runner, url = await streaming_server(handle)
+    api = KubeApi(kopf.ConnectionInfo(server=url, token="old"),
+                  relogin=lambda: kopf.ConnectionInfo(server=url, token="new"))
+    try:
+        lines = api.stream("/api/v1/pods", params={"watch": "true"}, timeout=10)
+        assert (await anext(lines))["n"] == 1
+        (old,) = api._in_use  # private: the session the watch holds
+        assert await api.request("GET", "/api/v1/pods/a") == {"kind": "Thing"}  # 401, new login, again
+        assert old in api._retired and not old.closed  # the watch still uses it
+        go_on.set()
+        assert (await anext(lines))["n"] == 2
+        with pytest.raises(StopAsyncIteration):
+            await anext(lines)
+        assert old.closed and not api._retired
+    finally:
+        await api.close()
+        await runner.cleanup()
+
+
 async def test_a_stream_quiet_for_longer_than_its_idle_timeout_raises_timeout():
     async def watch(request):
         response = aiohttp.web.StreamResponse()
