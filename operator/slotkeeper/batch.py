@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from .actions import ApplyCronJob, DeleteCronJob
@@ -34,9 +34,7 @@ from .observe import JOB_NAME_LABEL, LABEL_BATCH, BatchResult, JobSummary
 from .render import (KEYS_VOLUME, LABEL_ENDPOINT, LABEL_MANAGED_BY, LABEL_REVISION, LABEL_SLOT, MANAGED_BY,
                      SERVING_GROUP, config_hash, owner_reference, render_slot_deployment)
 from .revision import revision_of
-
-if TYPE_CHECKING:
-    from .decide import _Step
+from .step import Step
 
 RUN_ID_ENV = "SLOTKEEPER_BATCH_RUN_ID"  # the batch mode's run id: the Job's name, so a retried pod resumes
 DATA_MOUNT_ROOT = "/mnt/batch"
@@ -287,7 +285,7 @@ def run_message(run: BatchRun) -> str:
     return f"batch run {run.job_name}{entry} on revision {run.revision}: {run.outcome}{counts}{why}"
 
 
-def decide_batch(step: _Step) -> None:
+def decide_batch(step: Step) -> None:
     """Fold this pass's batch Jobs into status.batch.runs (an Event per run that ended) and keep each
     schedule's CronJob rendered from the stable revision."""
     spec_jobs = step.spec.batch.jobs if step.spec.batch is not None else []

@@ -142,7 +142,7 @@ def _request_action(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from .api import GROUP, PLURAL, VERSION
-    from .decide import ACTION_PREFIX
+    from .step import ACTION_PREFIX
     from .views import format_status
 
     custom, _ = _kube(args)

@@ -13,9 +13,9 @@ Every step is derived from durable status plus what is observed, so the operator
 moment and resume where it was. Traffic moves only through :class:`SwitchTraffic`, and only when the
 observed selector differs from the wanted one, so a resumed rollout never switches twice.
 
-Each slot is sized one of two ways in a pass: by hand (:meth:`_Step.want_replicas`: a replica count,
+Each slot is sized one of two ways in a pass: by hand (:meth:`Step.want_replicas`: a replica count,
 written only when it differs, and never while an autoscaler exists for the slot: that is deleted
-first) or, with ``serving.autoscaling``, by its HorizontalPodAutoscaler (:meth:`_Step.autoscale`: the
+first) or, with ``serving.autoscaling``, by its HorizontalPodAutoscaler (:meth:`Step.autoscale`: the
 bounds are what the operator writes; the replicas are the autoscaler's). The last word in a pass wins.
 With autoscaling the stable slot is never sized by hand during a rollout; the candidate is, from the
 stable slot's live size, until it takes traffic and gets an autoscaler of its own.
@@ -23,314 +23,29 @@ stable slot's live size, until it takes traffic and gets an autoscaler of its ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Mapping
 
-from .actions import (Action, ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute,
-                      CreateKeysSecret, CreateService, DeleteAutoscaler, DeleteRoute, EmitEvent, HandOverReplicas,
-                      ScaleDeployment, SwitchTraffic)
-from .api import (SLOTS, Autoscaling, GatewayAPITraffic, HistoryEntry, ModelEndpointSpec, ModelEndpointStatus,
-                  Rollout, ScaleDown, keys_secret_name)
+from .actions import (ApplyAutoscaler, ApplyDeployment, ApplyDisruptionBudget, ApplyRoute, CreateService,
+                      DeleteAutoscaler, DeleteRoute, EmitEvent, HandOverReplicas, ScaleDeployment, SwitchTraffic)
+from .api import SLOTS, ModelEndpointSpec, ModelEndpointStatus, Rollout, ScaleDown
 from .checks.canary import replicas_for_weight
-from .checks.verdicts import Verdict, next_check_status, next_due, status_for, summarise_checks
+from .checks.verdicts import next_check_status, next_due, status_for, summarise_checks
 from .clock import format_time, parse_time
-from .conditions import set_condition
 from .batch import decide_batch
 from .monitor import decide_monitor
-from .observe import DEFAULT_REPLICAS, Observed
-from .render import (ANNOTATION_CONFIG, LABEL_SLOT, NO_SLOT, endpoint_url, render_endpoint_service,
-                     render_http_route, render_slot_autoscaler, render_slot_deployment, render_slot_disruption_budget,
-                     render_slot_service, slot_selector)
+from .observe import Observed
+from .render import (ANNOTATION_CONFIG, LABEL_SLOT, NO_SLOT, endpoint_url, render_slot_autoscaler,
+                     render_slot_disruption_budget, render_slot_service)
 from .revision import revision_of
 from .service_ports import grpc_port_writes
 from .status_report import kstatus_conditions, report_slots_and_traffic, route_summary, serving_conditions
-
-FIRST_SLOT = "blue"
-# While a rollout waits on the cluster, look again at least this often even without a watch event.
-ROLLOUT_POLL_SECONDS = 10.0
-# Manual actions are annotations "slotkeeper.io/<action>: <token>"; a token is acted on once.
-ACTION_PREFIX = "slotkeeper.io/"
-MANUAL_ACTIONS = ("promote", "abort", "retry", "pause", "resume")
-# Steps in which the candidate is checked (validation requests, metric checks).
-CHECKED_STEPS = ("Validating", "Mirroring", "Canary", "Analysing")
-# Steps before the candidate gets any traffic: the endpoint selects the stable slot alone.
-PRE_TRAFFIC_STEPS = ("Deploying", "Validating", "Mirroring", "AwaitingPromotion")
-# During canary steps the endpoint Service selects every slot; the share follows the ready pods.
-BOTH_SLOTS = "*"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """The ModelEndpoint as the decision sees it."""
-    name: str
-    namespace: str
-    uid: str
-    generation: int | None
-    spec: ModelEndpointSpec
-    status: ModelEndpointStatus
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def owner(self) -> dict:
-        return {"metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid}}
-
-
-@dataclass(frozen=True)
-class Gates:
-    """What the cluster layer measured for the candidate in this pass (it runs what is due)."""
-    validation: tuple[bool, str] | None = None  # the validation requests' result, when they ran
-    verdicts: Mapping[str, Verdict] = field(default_factory=dict)  # metric verdicts, by check name
-    monitor: Mapping[str, Verdict] = field(default_factory=dict)  # spec.monitor verdicts (stable revision)
-
-
-@dataclass(frozen=True)
-class Decision:
-    status: ModelEndpointStatus
-    actions: list[Action]
-    # Seconds until something time-based is due (a deadline, the end of analysis); None: nothing.
-    requeue_after: float | None = None
-
-
-def other_slot(slot: str) -> str:
-    return SLOTS[1 - SLOTS.index(slot)]
-
-
-class _Step:
-    """Accumulates one decision: status changes, actions and the next wake-up."""
-
-    def __init__(self, endpoint: Endpoint, observed: Observed, now: datetime, gates: Gates) -> None:
-        self.endpoint, self.observed, self.now, self.gates = endpoint, observed, now, gates
-        self.requested: frozenset[str] = frozenset()
-        self.spec: ModelEndpointSpec = endpoint.spec
-        self.status: ModelEndpointStatus = endpoint.status
-        self.now_text = format_time(now)
-        self.actions: list[Action] = []
-        self.wake_ups: list[float] = []
-        self.autoscaled: dict[str, tuple[int, int]] = {}  # slot -> its autoscaler's bounds, this pass
-        self.sized: set[str] = set()  # slots sized this pass, by hand or by autoscaler
-
-    # ------------------------------------------------------------------ status and action helpers
-    def update(self, **changes) -> None:
-        self.status = self.status.model_copy(update=changes)
-
-    def event(self, type: str, reason: str, message: str) -> None:
-        self.actions.append(EmitEvent(type=type, reason=reason, message=message))
-
-    def wake_at(self, moment: datetime) -> None:
-        self.wake_ups.append(max(0.0, (moment - self.now).total_seconds()))
-
-    def past_progress_deadline(self, since: str) -> bool:
-        """True once ``checks.progressDeadlineSeconds`` have passed since ``since``; until then the
-        next pass is due at the next poll (or at the deadline, if sooner)."""
-        deadline = parse_time(since) + timedelta(seconds=self.spec.checks.progress_deadline_seconds)
-        if self.now >= deadline:
-            return True
-        self.wake_at(min(deadline, self.now + timedelta(seconds=ROLLOUT_POLL_SECONDS)))
-        return False
-
-    def condition(self, type: str, status: bool, reason: str, message: str = "") -> None:
-        self.update(conditions=set_condition(
-            list(self.status.conditions), type, status, reason, message, self.now_text, self.endpoint.generation,
-        ))
-
-    def record(self, revision: str, model_uri: str | None, outcome: str, reason: str, message: str = "") -> None:
-        entry = HistoryEntry(revision=revision, model_uri=model_uri, outcome=outcome, reason=reason,
-                             message=message, time=self.now_text)
-        history = [*self.status.history, entry][-self.spec.revision_history_limit:]
-        self.update(history=history)
-
-    # ------------------------------------------------------------------------------ slot sizes
-    @property
-    def autoscaling(self) -> Autoscaling | None:
-        return self.spec.serving.autoscaling
-
-    def serving_replicas(self) -> int | None:
-        """What a serving slot is sized by: spec.serving.replicas, or (None) its autoscaler."""
-        return None if self.autoscaling is not None else self.spec.serving.replicas
-
-    def live_size(self) -> int:
-        """With autoscaling: the stable slot's size now (its autoscaler's choice), within the bounds;
-        minReplicas when nothing serves yet."""
-        autoscaling = self.autoscaling
-        assert autoscaling is not None
-        active = self.status.active_slot
-        live = self.observed.slot(active).replicas if active else 0
-        return min(max(live, autoscaling.min_replicas), autoscaling.max_replicas)
-
-    def full_size(self, rollout: Rollout | None = None) -> int:
-        """A serving slot's full size: spec.serving.replicas; with autoscaling the stable slot's live
-        size, or the size the rollout kept once the stable slot may shrink."""
-        if self.autoscaling is None:
-            return self.spec.serving.replicas
-        if rollout is not None and rollout.stable_replicas is not None:
-            return rollout.stable_replicas
-        return self.live_size()
-
-    def replicas_after(self, slot: str) -> int | None:
-        """The slot's replicas once the queued actions ran (None: it has no Deployment)."""
-        for action in reversed(self.actions):
-            if isinstance(action, ScaleDeployment) and action.slot == slot:
-                return action.replicas
-            if isinstance(action, ApplyDeployment) and action.slot == slot and "replicas" in action.body["spec"]:
-                return action.body["spec"]["replicas"]
-        seen = self.observed.slot(slot).deployment
-        if seen is not None:
-            return seen.replicas
-        if any(isinstance(action, ApplyDeployment) and action.slot == slot for action in self.actions):
-            return DEFAULT_REPLICAS  # created by an apply naming no replicas: the apiserver's default
-        return None
-
-    def want_deployment(self, slot: str, revision: str, replicas: int | None) -> None:
-        """The slot runs ``revision``, at ``replicas`` or (None) at what its autoscaler chooses.
-
-        The apply that creates the Deployment names its replicas (created at the right size in one
-        write); later applies never do, and the first of them hands the replicas over before (the
-        apiserver would reset replicas that the apply owned alone and stops naming)."""
-        seen = self.observed.slot(slot).deployment
-        if seen is None or seen.revision != revision:
-            self.want_keys()
-        if seen is None:
-            created = replicas if replicas is not None else self.full_size()
-            body = render_slot_deployment(self.endpoint.owner, self.spec, slot, revision, replicas=created)
-            self.actions.append(ApplyDeployment(slot=slot, body=body))
-        elif seen.revision != revision:
-            if seen.replicas_applied:
-                self.actions.append(HandOverReplicas(slot=slot, replicas=seen.replicas))
-            body = render_slot_deployment(self.endpoint.owner, self.spec, slot, revision)
-            self.actions.append(ApplyDeployment(slot=slot, body=body))
-        if replicas is None:
-            self.autoscale(slot)
-        else:
-            self.want_replicas(slot, replicas)
-
-    def want_keys(self) -> None:
-        """Before a keyed revision's pods are created: the keys Secret they mount, when the operator
-        owns it (no `auth.secretName`). Created only if missing, so asking again is harmless; asked
-        only with a Deployment write, so an idle endpoint sends nothing."""
-        auth = self.spec.auth
-        if auth is None or auth.mode != "key" or auth.secret_name is not None:
-            return
-        action = CreateKeysSecret(name=keys_secret_name(self.endpoint.name, auth) or "", owner_uid=self.endpoint.uid)
-        if action not in self.actions:
-            self.actions.append(action)
-
-    def want_replicas(self, slot: str, replicas: int) -> None:
-        """Size the slot by hand. No autoscaler may drive it then: one that exists is deleted first."""
-        self.sized.add(slot)
-        self.autoscaled.pop(slot, None)
-        if self.observed.slot(slot).autoscaler is not None and not any(
-                isinstance(action, DeleteAutoscaler) and action.slot == slot for action in self.actions):
-            self.actions.append(DeleteAutoscaler(slot=slot))
-        current = self.replicas_after(slot)
-        if current is not None and current != replicas:
-            self.actions.append(ScaleDeployment(slot=slot, replicas=replicas))
-
-    def autoscale(self, slot: str, floor: int | None = None, pin: int | None = None) -> None:
-        """The slot's autoscaler sizes it, within the user's bounds raised to ``floor`` (the stable
-        slot's size while a rollout may fall back on it) or pinned at ``pin`` (a canary step shrinking
-        the stable slot). Its replicas are not written in this pass."""
-        autoscaling = self.autoscaling
-        assert autoscaling is not None
-        low, high = autoscaling.min_replicas, autoscaling.max_replicas
-        if pin is not None:
-            low = high = pin
-        elif floor is not None:
-            low = max(low, min(floor, high))
-        self.sized.add(slot)
-        self.autoscaled[slot] = (low, high)
-        self.actions = [action for action in self.actions
-                        if not (isinstance(action, (ScaleDeployment, DeleteAutoscaler)) and action.slot == slot)]
-
-    def serve(self, slot: str, replicas: int, floor: int | None = None) -> None:
-        """A slot that serves (or may take traffic back): ``replicas``, or its autoscaler's choice."""
-        if self.autoscaling is None:
-            self.want_replicas(slot, replicas)
-        else:
-            self.autoscale(slot, floor=floor)
-
-    def wanted_selector(self) -> Mapping[str, str] | None:
-        """The endpoint Service's selector once the queued actions ran (None: no such Service)."""
-        for action in reversed(self.actions):
-            if isinstance(action, SwitchTraffic):
-                return action.selector
-            if isinstance(action, CreateService) and action.body["metadata"]["name"] == self.endpoint.name:
-                return action.body["spec"]["selector"]
-        return self.observed.endpoint_selector
-
-    @property
-    def gateway(self) -> GatewayAPITraffic | None:
-        traffic = self.spec.traffic
-        return traffic.gateway_api if traffic is not None else None
-
-    def want_selector(self, slot: str, weight: int | None = None, mirror: int | None = None) -> bool:
-        """Point the endpoint Service at ``slot`` (or NO_SLOT, or BOTH_SLOTS); True when that moves traffic.
-
-        With Gateway API traffic the HTTPRoute carries the traffic: ``slot`` gets weight 100 (NO_SLOT:
-        nothing gets any), BOTH_SLOTS gives the candidate ``weight`` and the stable slot the rest, and
-        ``mirror`` copies that percent of the requests to the candidate. The endpoint Service then
-        selects the slot holding all the route's traffic: the stable slot during a canary."""
-        gateway = self.gateway
-        if gateway is not None:
-            active = self.status.active_slot or FIRST_SLOT
-            candidate = other_slot(active)
-            if slot == BOTH_SLOTS:
-                share = min(max(weight or 0, 0), 100)
-                weights = {active: 100 - share, candidate: share}
-                slot = active if share < 100 else candidate
-            else:
-                weights = {s: (100 if s == slot else 0) for s in SLOTS}
-            moved = self.want_route(gateway, weights, (candidate, mirror) if mirror else None)
-            return self._want_service_selector(slot) or moved
-        return self._want_service_selector(slot)
-
-    _route_body: dict | None = None  # the HTTPRoute this pass wants (set by want_selector)
-
-    def want_route(self, gateway: GatewayAPITraffic, weights: dict[str, int], mirror: tuple[str, int] | None) -> bool:
-        """Apply the route with these weights and mirror unless the cluster holds it; True when written."""
-        body = render_http_route(self.endpoint.owner, gateway, weights, mirror)
-        self._route_body = body
-        self.actions = [a for a in self.actions if not isinstance(a, ApplyRoute)]
-        seen = self.observed.route
-        if seen is not None and seen.config == body["metadata"]["annotations"][ANNOTATION_CONFIG]:
-            return False
-        self.actions.append(ApplyRoute(body=body))
-        return True
-
-    def route_settled(self) -> str | None:
-        """None when the route as watched is the one this pass wants and every parent accepted this
-        generation of it; otherwise what it waits for, naming the parents."""
-        wanted = self._route_body
-        route = self.observed.cluster_route
-        if wanted is None:
-            return None
-        name = wanted["metadata"]["name"]
-        if route is None or route.config != wanted["metadata"]["annotations"][ANNOTATION_CONFIG]:
-            return f"waiting for HTTPRoute {name} to show the new weights"
-        if not route.accepted:
-            parents = ", ".join(route.not_accepted or ()) or "its parents"
-            return f"waiting for parent {parents} to accept HTTPRoute {name} (generation {route.generation})"
-        return None
-
-    def _want_service_selector(self, slot: str) -> bool:
-        selector = slot_selector(self.endpoint.name, None if slot == BOTH_SLOTS else slot)
-        current = self.wanted_selector()
-        if current is None:
-            self.actions.append(CreateService(render_endpoint_service(self.endpoint.owner, selector,
-                                                                      self.spec.serving.grpc_port)))
-            return slot != NO_SLOT
-        if dict(current) != selector:
-            self.actions.append(SwitchTraffic(selector=selector))
-            return True
-        return False
-
-    def decision(self) -> Decision:
-        requeue = min(self.wake_ups) if self.wake_ups else None
-        return Decision(status=self.status, actions=self.actions, requeue_after=requeue)
+from .step import (ACTION_PREFIX, BOTH_SLOTS, CHECKED_STEPS, FIRST_SLOT, MANUAL_ACTIONS, PRE_TRAFFIC_STEPS,
+                   ROLLOUT_POLL_SECONDS, Decision, Endpoint, Gates, Step, other_slot)
 
 
 def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gates: Gates = Gates()) -> Decision:
-    step = _Step(endpoint, observed, now, gates)
+    step = Step(endpoint, observed, now, gates)
     step.update(observed_generation=endpoint.generation, url=endpoint_url(endpoint.name, endpoint.namespace))
     for slot in SLOTS:
         if slot not in observed.slot_services:
@@ -359,7 +74,7 @@ def decide_next_step(endpoint: Endpoint, observed: Observed, now: datetime, gate
     return step.decision()
 
 
-def _converge_slot_objects(step: _Step) -> None:
+def _converge_slot_objects(step: Step) -> None:
     """Each autoscaled slot's HorizontalPodAutoscaler with this pass's bounds, and a
     PodDisruptionBudget for each slot that has a Deployment; written only when they differ from what
     slotkeeper last applied (the config hash on them)."""
@@ -380,7 +95,7 @@ def _converge_slot_objects(step: _Step) -> None:
                 step.actions.append(ApplyDisruptionBudget(slot=slot, body=body))
 
 
-def _converge_route(step: _Step) -> None:
+def _converge_route(step: Step) -> None:
     """Without ``spec.traffic.gatewayAPI`` the endpoint has no HTTPRoute: one left from before (the
     field was removed) is deleted, after this pass's selector write (the endpoint Service alone
     carries traffic again)."""
@@ -391,7 +106,7 @@ def _converge_route(step: _Step) -> None:
                                       f"HTTPRoute {name} deleted: the endpoint Service carries the traffic"))
 
 
-def _converge_service_ports(step: _Step) -> None:
+def _converge_service_ports(step: Step) -> None:
     """Existing Services get the ``grpc`` port spec.serving.grpcPort asks for, or lose it (service_ports.py)."""
     applied = frozenset(a.body["metadata"]["name"] for a in step.actions if isinstance(a, CreateService))
     step.actions += grpc_port_writes(step.endpoint.owner, step.spec.serving.grpc_port,
@@ -403,7 +118,7 @@ def _converge_service_ports(step: _Step) -> None:
 REPORTED_FIELDS = ("slots", "traffic", "traffic_summary")
 
 
-def _write_ahead(step: _Step, before: ModelEndpointStatus) -> None:
+def _write_ahead(step: Step, before: ModelEndpointStatus) -> None:
     """Traffic follows durable status, never the other way round.
 
     A pass that changes what status remembers (a new step, a verdict, a revert) and also wants to move
@@ -432,7 +147,7 @@ def _write_ahead(step: _Step, before: ModelEndpointStatus) -> None:
 # ---------------------------------------------------------------------------------------- cases
 
 
-def _blocked(step: _Step, revision: str) -> bool:
+def _blocked(step: Step, revision: str) -> bool:
     """A reverted revision is not retried until the spec changes again (a new generation)."""
     status = step.status
     return status.failed_revision == revision and status.failed_generation == step.endpoint.generation
@@ -448,7 +163,7 @@ def pending_manual_actions(annotations: Mapping[str, str], handled: Mapping[str,
     return pending
 
 
-def _take_manual_actions(step: _Step) -> None:
+def _take_manual_actions(step: Step) -> None:
     """Record each new token as handled (so it acts once) and apply what does not depend on the step."""
     pending = pending_manual_actions(step.endpoint.annotations, step.status.handled_actions)
     if not pending:
@@ -465,18 +180,18 @@ def _take_manual_actions(step: _Step) -> None:
         step.update(manual_pause=False)
 
 
-def _paused(step: _Step) -> bool:
+def _paused(step: Step) -> bool:
     return step.spec.paused or step.status.manual_pause
 
 
-def _hold(step: _Step) -> None:
+def _hold(step: Step) -> None:
     """Paused (spec.paused or the pause action): nothing moves forward; failures still revert."""
     why = "spec.paused is true" if step.spec.paused else "paused by the pause action; resume to continue"
     step.update(phase="Paused")
     step.condition("Progressing", False, "Paused", why)
 
 
-def _first_rollout(step: _Step, revision: str) -> None:
+def _first_rollout(step: Step, revision: str) -> None:
     """No revision has ever been good: deploy into blue; the endpoint selects it once it is ready."""
     status = step.status
     if _blocked(step, revision):
@@ -517,7 +232,7 @@ def _first_rollout(step: _Step, revision: str) -> None:
     step.event("Normal", "Promoted", f"revision {revision} is ready and serves from slot {rollout.slot}")
 
 
-def _steady(step: _Step, revision: str) -> None:
+def _steady(step: Step, revision: str) -> None:
     """The spec asks for the stable revision: keep it serving; cancel any candidate."""
     status = step.status
     active = status.active_slot or FIRST_SLOT
@@ -535,7 +250,7 @@ def _steady(step: _Step, revision: str) -> None:
     _healthy_conditions(step, f"revision {revision} serves from slot {active}")
 
 
-def _after_revert(step: _Step) -> None:
+def _after_revert(step: Step) -> None:
     """The spec still asks for the revision that was reverted: keep serving stable; say why."""
     active = step.status.active_slot or FIRST_SLOT
     step.want_selector(active)
@@ -545,7 +260,7 @@ def _after_revert(step: _Step) -> None:
     serving_conditions(step, active)
 
 
-def _rollout(step: _Step, revision: str) -> None:
+def _rollout(step: Step, revision: str) -> None:
     status, spec = step.status, step.spec
     active = status.active_slot or FIRST_SLOT
     rollout = status.rollout
@@ -626,7 +341,7 @@ def _after_validation(spec: ModelEndpointSpec) -> str:
     return "Canary" if spec.strategy.canary else ("AwaitingPromotion" if _needs_manual_promotion(spec) else "Analysing")
 
 
-def _mirror(step: _Step, rollout: Rollout) -> Rollout | None:
+def _mirror(step: Step, rollout: Rollout) -> Rollout | None:
     """Gateway API: all live traffic stays on stable while the route copies ``mirror.percent`` of it to
     the candidate (the gateway discards the copies' answers) for ``mirror.seconds``, counted from the
     moment every parent accepted that route; metric checks read the candidate meanwhile, and a failing
@@ -654,7 +369,7 @@ def _mirror(step: _Step, rollout: Rollout) -> Rollout | None:
     return rollout
 
 
-def _validate(step: _Step, rollout: Rollout) -> Rollout | None:
+def _validate(step: Step, rollout: Rollout) -> Rollout | None:
     """Validation requests, then one round of metric checks, before the candidate gets any traffic.
 
     Returns the rollout to go on with, or None to wait (the cluster layer runs what is due next pass).
@@ -679,7 +394,7 @@ def _validate(step: _Step, rollout: Rollout) -> Rollout | None:
     return rollout
 
 
-def _canary(step: _Step, rollout: Rollout, active: str) -> Rollout | None:
+def _canary(step: Step, rollout: Rollout, active: str) -> Rollout | None:
     """Walk the canary steps; None while a step waits. The selector picks both slots while weight > 0."""
     spec, canary = step.spec, step.spec.strategy.canary
     while rollout.canary_step < len(canary.steps):
@@ -749,7 +464,7 @@ def gateway_candidate_replicas(replicas: int, weight: int) -> int:
     return max(1, -(-replicas * min(max(weight, 0), 100) // 100))
 
 
-def _gateway_weight_step(step: _Step, rollout: Rollout, active: str, position: str, weight: int) -> bool:
+def _gateway_weight_step(step: Step, rollout: Rollout, active: str, position: str, weight: int) -> bool:
     """A setWeight step with Gateway API: the candidate is sized for its share (the stable slot keeps
     its size: a revert lands on it whole), the route moves to the exact weight once those pods are
     ready (until then it keeps the previous weight), and the step is done once the route's parents
@@ -775,7 +490,7 @@ def _gateway_weight_step(step: _Step, rollout: Rollout, active: str, position: s
     return False
 
 
-def _analyse(step: _Step, rollout: Rollout, active: str) -> None:
+def _analyse(step: Step, rollout: Rollout, active: str) -> None:
     """Traffic on the candidate alone, the old slot at full size, checks running; then promote."""
     spec, revision = step.spec, rollout.revision
     if step.autoscaling is None:
@@ -827,7 +542,7 @@ def _canary_weight(canary, index: int) -> int:
     return weights[-1] if weights else 0
 
 
-def _keep_stable_size(step: _Step, rollout: Rollout) -> Rollout:
+def _keep_stable_size(step: Step, rollout: Rollout) -> Rollout:
     """With autoscaling: from here on the rollout sizes by the stable slot's size now, not its live one
     (the stable slot is about to shrink, or to lose its traffic and so its load)."""
     if step.autoscaling is None or rollout.stable_replicas is not None:
@@ -837,14 +552,14 @@ def _keep_stable_size(step: _Step, rollout: Rollout) -> Rollout:
     return rollout
 
 
-def _candidate_size(step: _Step, rollout: Rollout) -> int | None:
+def _candidate_size(step: Step, rollout: Rollout) -> int | None:
     """The candidate's replicas, or None once its autoscaler sizes it (with autoscaling, after the switch)."""
     if step.autoscaling is not None and rollout.switched_at is not None:
         return None
     return _candidate_replicas(step, rollout)
 
 
-def _candidate_replicas(step: _Step, rollout: Rollout) -> int:
+def _candidate_replicas(step: Step, rollout: Rollout) -> int:
     """Full size, except during a canary: the pods the current (or first) weight needs, at least one.
     With autoscaling, full size is the stable slot's live size: a switch never lands on fewer pods."""
     replicas, canary = step.full_size(rollout), step.spec.strategy.canary
@@ -859,7 +574,7 @@ def _candidate_replicas(step: _Step, rollout: Rollout) -> int:
     return max(1, replicas_for_weight(replicas, min(weight, 100))[1])
 
 
-def _record_verdicts(step: _Step, rollout: Rollout) -> None:
+def _record_verdicts(step: Step, rollout: Rollout) -> None:
     """Fold this pass's verdicts into status.checks and wake when the next check is due."""
     statuses = [s for s in step.status.checks if s.revision == rollout.revision]
     checks = step.spec.checks.metrics
@@ -877,12 +592,12 @@ def _record_verdicts(step: _Step, rollout: Rollout) -> None:
             step.wake_at(next_due(check, status_for(statuses, check.name, rollout.revision), rollout.revision, step.now))
 
 
-def _check_failure(step: _Step, rollout: Rollout) -> tuple[str, str] | None:
+def _check_failure(step: Step, rollout: Rollout) -> tuple[str, str] | None:
     summary = summarise_checks(step.spec.checks.metrics, step.status.checks, rollout.revision)
     return ("CheckFailed", summary.message) if summary.state == "failed" else None
 
 
-def _checks_allow_progress(step: _Step, rollout: Rollout, final: bool = False) -> bool:
+def _checks_allow_progress(step: Step, rollout: Rollout, final: bool = False) -> bool:
     """Inconclusive checks stall the rollout; at the end of analysis every check must pass."""
     summary = summarise_checks(step.spec.checks.metrics, step.status.checks, rollout.revision)
     if summary.state == "stalled" and "promote" not in step.requested:
@@ -895,7 +610,7 @@ def _checks_allow_progress(step: _Step, rollout: Rollout, final: bool = False) -
     return True
 
 
-def _new_rollout(step: _Step, revision: str, slot: str) -> Rollout:
+def _new_rollout(step: Step, revision: str, slot: str) -> Rollout:
     rollout = Rollout(revision=revision, slot=slot, model_uri=step.spec.model.uri, step="Deploying",
                       started_at=step.now_text, step_started_at=step.now_text)
     step.update(rollout=rollout, candidate_revision=revision, candidate_slot=slot, phase="Progressing", checks=[])
@@ -903,7 +618,7 @@ def _new_rollout(step: _Step, revision: str, slot: str) -> Rollout:
     return rollout
 
 
-def _advance(step: _Step, rollout: Rollout, to: str) -> Rollout:
+def _advance(step: Step, rollout: Rollout, to: str) -> Rollout:
     rollout = rollout.model_copy(update={"step": to, "step_started_at": step.now_text})
     step.update(rollout=rollout)
     return rollout
@@ -913,7 +628,7 @@ def _needs_manual_promotion(spec: ModelEndpointSpec) -> bool:
     return spec.strategy.blue_green is not None and not spec.strategy.blue_green.auto_promote
 
 
-def _readiness_failure(step: _Step, rollout: Rollout) -> tuple[str, str] | None:
+def _readiness_failure(step: Step, rollout: Rollout) -> tuple[str, str] | None:
     """(reason, message) when the candidate cannot become ready: a fail-fast pod state or the deadline."""
     slot = step.observed.slot(rollout.slot)
     pod_failure = slot.pod_failure(rollout.revision)
@@ -928,7 +643,7 @@ def _readiness_failure(step: _Step, rollout: Rollout) -> tuple[str, str] | None:
     return None
 
 
-def _revert(step: _Step, rollout: Rollout, reason: str, message: str) -> None:
+def _revert(step: Step, rollout: Rollout, reason: str, message: str) -> None:
     """Traffic back to stable first, then stable's replicas; the failed slot stays for inspection."""
     active = step.status.active_slot or FIRST_SLOT
     step.actions = [a for a in step.actions if not isinstance(
@@ -946,7 +661,7 @@ def _revert(step: _Step, rollout: Rollout, reason: str, message: str) -> None:
     serving_conditions(step, active)
 
 
-def _promote(step: _Step, rollout: Rollout, old_active: str, reason: str) -> None:
+def _promote(step: Step, rollout: Rollout, old_active: str, reason: str) -> None:
     delay = _scale_down_delay(step.spec)
     step.update(rollout=None, stable_revision=rollout.revision, stable_model_uri=rollout.model_uri,
                 active_slot=rollout.slot, candidate_revision=None, candidate_slot=None,
@@ -964,7 +679,7 @@ def _scale_down_delay(spec: ModelEndpointSpec) -> int:
     return strategy.scale_down_delay_seconds if strategy else 0
 
 
-def _settle_idle_slot(step: _Step, idle: str) -> None:
+def _settle_idle_slot(step: Step, idle: str) -> None:
     """The idle slot: full size until its scale-down is due, then zero (or a failed revision's few pods)."""
     status = step.status
     if status.scale_down is not None and status.scale_down.slot == idle:
@@ -982,7 +697,7 @@ def _settle_idle_slot(step: _Step, idle: str) -> None:
 # ------------------------------------------------------ status reporting (the rest: status_report.py)
 
 
-def _healthy_conditions(step: _Step, message: str) -> None:
+def _healthy_conditions(step: Step, message: str) -> None:
     step.condition("Progressing", False, "RolloutComplete", message)
     step.condition("RolledBack", False, "RolloutComplete", message)
     serving_conditions(step, step.status.active_slot or FIRST_SLOT)

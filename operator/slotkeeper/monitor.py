@@ -30,16 +30,13 @@ retried until the spec changes (phase RolledBack, as after any revert: the spec 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from .actions import CreateJob, DeleteAutoscaler, ScaleDeployment
 from .api import MonitorEpisode, MonitorJobStatus, MonitorRevert, MonitorStatus
 from .checks.verdicts import check_state, next_check_status, next_due, status_for
 from .clock import format_time, parse_time
 from .render import LABEL_ENDPOINT, LABEL_MANAGED_BY, LABEL_REVISION, MANAGED_BY, owner_reference
-
-if TYPE_CHECKING:
-    from .decide import _Step
+from .step import FIRST_SLOT, Step, other_slot
 
 CONDITION = "QualityDegraded"
 JOB_NAME_PREFIX_LENGTH = 30  # "<30>-retrain-<10>-<10>" fits a 63-character label value (job-name)
@@ -81,7 +78,7 @@ def render_job(owner: dict, spec: dict, name: str, revision: str, model_uri: str
     }
 
 
-def previous_revision(step: _Step) -> tuple[str, str | None] | None:
+def previous_revision(step: Step) -> tuple[str, str | None] | None:
     """The last promoted revision before the stable one, with its model URI (from history)."""
     stable = step.status.stable_revision
     for entry in reversed(step.status.history):
@@ -90,10 +87,9 @@ def previous_revision(step: _Step) -> tuple[str, str | None] | None:
     return None
 
 
-def decide_monitor(step: _Step) -> None:
+def decide_monitor(step: Step) -> None:
     """Fold this pass's monitor verdicts into status.monitor and act on episodes; only with
     spec.monitor, a stable revision and no rollout under way."""
-    from .decide import FIRST_SLOT  # noqa: PLC0415
 
     monitor = step.spec.monitor
     if monitor is None:
@@ -163,7 +159,7 @@ def decide_monitor(step: _Step) -> None:
     _revert_step(step, FIRST_SLOT)
 
 
-def _start_job(step: _Step, state: MonitorStatus, message: str) -> MonitorStatus:
+def _start_job(step: Step, state: MonitorStatus, message: str) -> MonitorStatus:
     """Name the episode's Job in status (created by the next pass), unless the cooldown runs."""
     job = step.spec.monitor.on_failure.job
     if job is None:
@@ -181,7 +177,7 @@ def _start_job(step: _Step, state: MonitorStatus, message: str) -> MonitorStatus
     })
 
 
-def _create_job_if_named(step: _Step) -> None:
+def _create_job_if_named(step: Step) -> None:
     """A Job named in the status written before, never seen yet: create it (409: made already)."""
     state, job = step.status.monitor, step.spec.monitor.on_failure.job
     if state is None or state.job is None or state.job.created or job is None:
@@ -197,7 +193,7 @@ def _create_job_if_named(step: _Step) -> None:
     step.update(monitor=state.model_copy(update={"job": state.job.model_copy(update={"created": True})}))
 
 
-def _observe_job(step: _Step) -> None:
+def _observe_job(step: Step) -> None:
     state = step.status.monitor
     if state is None or state.job is None:
         return
@@ -218,8 +214,7 @@ def _job_note(state: MonitorStatus) -> str:
     return f"Job {state.job.name}: {state.job.outcome}"
 
 
-def _start_revert(step: _Step, state: MonitorStatus) -> MonitorStatus:
-    from .decide import FIRST_SLOT, other_slot  # noqa: PLC0415
+def _start_revert(step: Step, state: MonitorStatus) -> MonitorStatus:
 
     previous = previous_revision(step)
     if previous is None:
@@ -239,7 +234,7 @@ def _start_revert(step: _Step, state: MonitorStatus) -> MonitorStatus:
                                                             started_at=step.now_text)})
 
 
-def _revert_step(step: _Step, first_slot: str) -> None:
+def _revert_step(step: Step, first_slot: str) -> None:
     """The revert under way: the previous revision's slot at full size, then it becomes stable."""
     state = step.status.monitor
     revert = state.revert if state else None

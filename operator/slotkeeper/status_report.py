@@ -1,20 +1,18 @@
 """What a pass reports in status of slots, traffic and serving, from what the cluster shows.
 
 Part of the decision (decide.py), kept apart because it only reads: the observed slots, selector and
-route, written into the pass's status through its ``Step`` (decide.py's ``_Step``).
+route, written into the pass's status through its :class:`~slotkeeper.step.Step`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from .api import SLOTS, SlotStatus
 from .checks.canary import actual_weight
 from .observe import Observed
 from .render import LABEL_SLOT
-
-if TYPE_CHECKING:  # decide.py imports this module; the pass's step is its class
-    from .decide import _Step as Step
+from .step import Step
 
 
 def serving_conditions(step: Step, active: str) -> None:
