@@ -2,10 +2,10 @@
 and the next wake-up that decide.py's rules and their helpers (monitor, batch, status_report) add,
 over the :class:`Endpoint` as the decision sees it, what is observed and the :class:`Gates` measured.
 
-Its helpers hold the rules every step shares: a condition is set once per pass, the endpoint
-Service's selector is wanted once (the last word wins), each slot is sized by hand or by its
-autoscaler (:meth:`Step.want_replicas`, :meth:`Step.autoscale`; see decide.py), a Deployment is
-applied only when what slotkeeper last applied differs.
+Its helpers carry what many rules share: conditions and history entries written into the pass's
+status, the endpoint Service's wanted selector, a slot's Deployment (applied when it is missing or
+runs another revision) and its size, by hand or by its autoscaler (:meth:`Step.want_replicas`,
+:meth:`Step.autoscale`; decide.py's docstring says how a slot is sized).
 """
 
 from __future__ import annotations
