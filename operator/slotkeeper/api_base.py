@@ -1,6 +1,7 @@
 """What the ModelEndpoint API's models share: their base class, CEL rules, the phase and slot types.
 
-The spec's models are in api.py, the status's in api_status.py; api.py offers all of them.
+The spec's models are in api.py (a slot's capacity in api_capacity.py), the status's in api_status.py;
+api.py offers the status's models and those of capacity it uses.
 """
 
 from __future__ import annotations
