@@ -847,6 +847,9 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
+    if os.environ.get("BENCH_DOUBLE_UVLOOP"):  # an experiment: the double's loop from uvloop (pip install uvloop)
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     arguments.commit = operator_commit()
     if arguments.unrelated is not None:
         outcome = asyncio.run(main_unrelated(arguments))

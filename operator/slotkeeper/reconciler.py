@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from pydantic import ValidationError
 
+from .actions import ApplyAutoscaler, ApplyDeployment, DeleteAutoscaler, HandOverReplicas, ScaleDeployment
 from .api import ModelEndpointSpec, ModelEndpointStatus
 from .cluster import Cluster, GatewayAPIMissing, merge_patch
 from .kube_api import ApiError
@@ -26,11 +27,14 @@ from .metrics import OperatorMetrics
 from .observe import (AutoscalerSummary, DeploymentSummary, DisruptionBudgetSummary, JobSummary, Observed,
                       PodSummary, RouteSummary, observe_endpoint)
 from .recent_writes import RecentWrites
+from .status_report import slot_report
 
 # With nothing under way, look again this rarely (level-triggered safety net; it costs no API call).
 IDLE_RESYNC_SECONDS = 600.0
 # An endpoint that wants an HTTPRoute on a cluster without the Gateway API looks again this often.
 GATEWAY_API_RETRY_SECONDS = 60.0
+# Writes that change what status.slots reports of a slot (its revision, replicas or autoscaler).
+SLOT_WRITES = (ApplyDeployment, ScaleDeployment, HandOverReplicas, ApplyAutoscaler, DeleteAutoscaler)
 STATUS_KEYS = frozenset(field.alias or name for name, field in ModelEndpointStatus.model_fields.items())
 
 log = logging.getLogger(__name__)
@@ -127,7 +131,8 @@ class EndpointReconciler:
             spec=spec, status=ModelEndpointStatus.model_validate(current_status),
             annotations=meta.get("annotations") or {},
         )
-        observed = self.recent_writes.overlay(self._observe(sources))
+        watched = self._observe(sources)
+        observed = self.recent_writes.overlay(watched)
         now = self.clock()
         gates = await self.checks.run(endpoint, observed, now) if self.checks else Gates()
         decision = decide_next_step(endpoint, observed, now, gates)
@@ -149,7 +154,13 @@ class EndpointReconciler:
             if self.metrics is not None:
                 self.metrics.action_applied((self.namespace, self.name), endpoint.status, action, self.clock())
             self.writes_done += 1
-        await self._write_status(current_status, decision.status.to_api())
+        status = decision.status
+        if any(isinstance(action, SLOT_WRITES) for action in decision.actions):
+            # status.slots as the next pass would report it, with this pass's accepted writes laid over
+            # what the watches show (a Deployment just applied: its revision and replicas, none ready
+            # yet): written now, not by one more status write in the next pass.
+            status = status.model_copy(update={"slots": slot_report(self.recent_writes.overlay(watched))})
+        await self._write_status(current_status, status.to_api())
         return decision.requeue_after if decision.requeue_after is not None else IDLE_RESYNC_SECONDS
 
     def _spec(self, generation: Any, raw: Mapping[str, Any]) -> ModelEndpointSpec:

@@ -40,15 +40,20 @@ def kstatus_conditions(step: Step) -> None:
     step.condition("Stalled", stalled, reason if stalled else phase, f"phase {phase}")
 
 
-def report_slots_and_traffic(step: Step) -> None:
-    observed = step.observed
-    slots = {
+def slot_report(observed: Observed) -> dict[str, SlotStatus]:
+    """status.slots: each slot that has a Deployment, as observed (with the pass's own writes laid over)."""
+    return {
         slot: SlotStatus(revision=observed.slot(slot).revision, replicas=observed.slot(slot).replicas,
                          current_replicas=observed.slot(slot).current_replicas,
                          ready_replicas=observed.slot(slot).ready_replicas,
                          autoscaled=observed.slot(slot).autoscaler is not None)
         for slot in SLOTS if observed.slot(slot).deployment is not None
     }
+
+
+def report_slots_and_traffic(step: Step) -> None:
+    observed = step.observed
+    slots = slot_report(observed)
     # What the cluster routes by now, not what this pass is about to write: a switch shows in the
     # status once the watches have shown it (the next pass), and a write that did not take never does.
     if step.gateway is not None:

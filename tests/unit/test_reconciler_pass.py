@@ -120,9 +120,21 @@ async def test_while_the_watch_lags_the_next_pass_decides_from_the_status_it_wro
 
     await loop.reconcile(body(), NOTHING)  # the same stale body, nothing observed yet
     assert [e["reason"] for e in events] == ["RolloutStarted"]  # not started twice
-    # Only what is observed changed (the Deployment it expects from its own write), not the rollout.
-    assert [set(patch) for *_, patch in cluster.status_patches[1:]] == [{"slots"}]
+    # Nothing changed: the rollout is the one written, and the slots too (the first pass reported the
+    # Deployment it had just applied, as this pass sees it from its own write).
+    assert cluster.status_patches[1:] == []
     assert cluster.applied[first_pass:] == []  # its own writes are remembered too
+
+
+async def test_the_pass_that_applies_a_slot_deployment_reports_it_in_the_same_status_write():
+    cluster = RecordingCluster()
+    loop, _ = reconciler(cluster)
+    await loop.reconcile(body(), NOTHING)
+    ((_, _, patch),) = cluster.status_patches
+    (slot,) = patch["slots"]
+    assert patch["slots"][slot] == {"revision": patch["rollout"]["revision"], "replicas": 2,
+                                    "currentReplicas": 0, "readyReplicas": 0, "autoscaled": False}
+    assert slot == patch["rollout"]["slot"]
 
 
 async def test_a_restarted_operator_resumes_from_the_status_in_the_object():
