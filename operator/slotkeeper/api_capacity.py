@@ -1,7 +1,7 @@
 """A slot's capacity in the ModelEndpoint API: quantities and container resources, the autoscaler
 (a HorizontalPodAutoscaler per slot, in the autoscaling/v2 shape) and the disruption budget.
 
-Part of the spec's models (api.py, which offers these names too); what api.py says about the CRD,
+Part of the spec's models (api.py imports those its Serving uses); what api.py says about the CRD,
 CEL rules and the validators that mirror them holds here.
 """
 

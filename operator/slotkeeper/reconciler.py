@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from pydantic import ValidationError
 
-from .actions import ApplyAutoscaler, ApplyDeployment, DeleteAutoscaler, HandOverReplicas, ScaleDeployment
+from .actions import ApplyAutoscaler, ApplyDeployment, DeleteAutoscaler, ScaleDeployment
 from .api import ModelEndpointSpec, ModelEndpointStatus
 from .cluster import Cluster, GatewayAPIMissing, merge_patch
 from .kube_api import ApiError
@@ -34,7 +34,8 @@ IDLE_RESYNC_SECONDS = 600.0
 # An endpoint that wants an HTTPRoute on a cluster without the Gateway API looks again this often.
 GATEWAY_API_RETRY_SECONDS = 60.0
 # Writes that change what status.slots reports of a slot (its revision, replicas or autoscaler).
-SLOT_WRITES = (ApplyDeployment, ScaleDeployment, HandOverReplicas, ApplyAutoscaler, DeleteAutoscaler)
+# Not HandOverReplicas: it writes the count the slot has already, and recent_writes does not keep it.
+SLOT_WRITES = (ApplyDeployment, ScaleDeployment, ApplyAutoscaler, DeleteAutoscaler)
 STATUS_KEYS = frozenset(field.alias or name for name, field in ModelEndpointStatus.model_fields.items())
 
 log = logging.getLogger(__name__)
